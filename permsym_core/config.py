@@ -1,0 +1,108 @@
+"""The scientific configuration of one trial: validated, canonical, hashable into a trial key."""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from .activations import ACTIVATIONS
+
+# Bumped whenever the trial record (permsym_core.study) changes meaning; part of every trial key.
+SCHEMA_VERSION = 1
+TASKS = ("toy", "teacher", "mnist")
+
+
+class ConfigError(ValueError):
+    """A trial option with a wrong value; the message names the field and what was expected."""
+
+
+@dataclass(frozen=True)
+class TrialConfig:
+    """Everything needed to reproduce a trial. `widths` are the student's hidden widths n_1..n_{d-1}."""
+
+    task: str = "toy"
+    widths: tuple[int, ...] = (4,)
+    activation: str = "sigmoid"
+    seed: int = 0
+    bias: bool | None = None            # None: the task's default (toy: no bias)
+    task_options: dict = field(default_factory=dict)
+    orders: tuple[int, ...] = (1,)       # K values; each must be <= floor(n_k / 2) for the layer to get points
+    pairs: str = "all"                   # "all" | "nearest" | "random:N"
+    grad_tol: float = 1e-10
+    max_iter: int = 2000                 # second-order iterations per minimisation
+    adam_steps: int = 3000               # first-order warm-up steps
+    lr: float = 0.05                     # warm-up learning rate
+    init_scale: float = 1.0
+    time_limit_s: float | None = None    # per-minimisation wall-time budget
+    gamma_scan: bool | None = None       # None: on for single-output nets
+    path_relax: bool = True
+    path_points: int = 41
+    save_params: bool = False
+
+    def __post_init__(self) -> None:
+        def fail(name: str, expected: str, got: Any) -> None:
+            raise ConfigError(f"{name}: expected {expected}, got {got!r}")
+
+        if self.task not in TASKS:
+            fail("task", f"one of {', '.join(TASKS)}", self.task)
+        widths = self.widths
+        if isinstance(widths, int) or not isinstance(widths, (list, tuple)) or len(widths) == 0:
+            fail("widths", "a non-empty list of hidden widths", widths)
+        for w in widths:
+            if isinstance(w, bool) or not isinstance(w, int) or w < 1:
+                fail("widths", "integers >= 1", list(widths))
+        object.__setattr__(self, "widths", tuple(int(w) for w in widths))
+        if self.activation not in ACTIVATIONS:
+            fail("activation", f"one of {', '.join(sorted(ACTIVATIONS))}", self.activation)
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            fail("seed", "an integer >= 0", self.seed)
+        orders = self.orders
+        if isinstance(orders, int):
+            orders = (orders,)
+        if not orders or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in orders):
+            fail("orders", "a non-empty list of integers >= 1", self.orders)
+        object.__setattr__(self, "orders", tuple(sorted(set(int(k) for k in orders))))
+        p = self.pairs
+        ok = p in ("all", "nearest") or (isinstance(p, str) and p.startswith("random:")
+                                          and p[7:].isdigit() and int(p[7:]) >= 1)
+        if not ok:
+            fail("pairs", "'all', 'nearest' or 'random:N' with N >= 1", p)
+        if not isinstance(self.task_options, dict):
+            fail("task_options", "a mapping", self.task_options)
+        for name in ("grad_tol", "lr", "init_scale"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
+                fail(name, "a number > 0", v)
+        for name in ("max_iter", "adam_steps"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                fail(name, "an integer >= 0", v)
+        if self.path_points < 3 or isinstance(self.path_points, bool):
+            fail("path_points", "an integer >= 3", self.path_points)
+        if self.time_limit_s is not None and not (isinstance(self.time_limit_s, (int, float)) and self.time_limit_s > 0):
+            fail("time_limit_s", "a number > 0 or null", self.time_limit_s)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrialConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"{unknown[0]}: unknown trial option; expected one of {', '.join(sorted(known))}")
+        d = dict(d)
+        for key in ("widths", "orders"):
+            if isinstance(d.get(key), list):
+                d[key] = tuple(d[key])
+        return cls(**d)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["widths"] = list(self.widths)
+        d["orders"] = list(self.orders)
+        return d
+
+    def trial_key(self) -> str:
+        """Hash of the scientific configuration and the record's schema version (16 hex digits)."""
+        payload = json.dumps({"schema_version": SCHEMA_VERSION, "config": self.to_dict()}, sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
