@@ -1,0 +1,200 @@
+"""Network surgery on one hidden layer: neuron vectors, merging pairs, expanding (duplicating) neurons,
+permuting them, and deciding whether two networks are the same up to a permutation of hidden neurons.
+
+Neuron i of hidden layer k (1-based) has incoming vector w_i = (W_k[i, :], b_k[i]) and outgoing vector
+a_i = W_{k+1}[:, i].
+"""
+from __future__ import annotations
+
+import itertools
+from dataclasses import replace
+from typing import Sequence
+
+import numpy as np
+import torch
+from scipy.optimize import linear_sum_assignment
+from torch import Tensor
+
+from .mlp import DTYPE, MLPSpec
+
+
+def _check_layer(spec: MLPSpec, layer: int) -> None:
+    if not 1 <= layer <= spec.depth - 1:
+        raise ValueError(f"layer: expected a hidden layer in 1..{spec.depth - 1}, got {layer}")
+
+
+def incoming(spec: MLPSpec, theta: Tensor, layer: int) -> Tensor:
+    """(n_k, n_{k-1} [+1]) matrix of incoming vectors of layer k (bias as the last column)."""
+    W, b = spec.views(theta)[layer - 1]
+    return torch.cat([W, b[:, None]], dim=1) if b is not None else W
+
+
+def outgoing(spec: MLPSpec, theta: Tensor, layer: int) -> Tensor:
+    """(n_{k+1}, n_k) matrix whose column i is the outgoing vector of neuron i of layer k."""
+    return spec.views(theta)[layer][0]
+
+
+def with_width(spec: MLPSpec, layer: int, width: int) -> MLPSpec:
+    widths = list(spec.widths)
+    widths[layer] = width
+    return replace(spec, widths=tuple(widths))
+
+
+def expand(spec: MLPSpec, theta: Tensor, layer: int, sources: Sequence[int], factors: Sequence[float]
+           ) -> tuple[MLPSpec, Tensor]:
+    """A network whose neuron p of layer k copies the incoming vector of neuron sources[p] of (spec, theta)
+    and its outgoing vector times factors[p]. Duplication, permutation and removal are all special cases."""
+    _check_layer(spec, layer)
+    new_spec = with_width(spec, layer, len(sources))
+    new = torch.zeros(new_spec.n_params, dtype=theta.dtype, device=theta.device)
+    src = torch.as_tensor(list(sources), dtype=torch.long, device=theta.device)
+    fac = torch.as_tensor(list(factors), dtype=theta.dtype, device=theta.device)
+    old_layers, new_layers = spec.views(theta), new_spec.views(new)
+    for k, ((W, b), (Wn, bn)) in enumerate(zip(old_layers, new_layers), start=1):
+        if k == layer:
+            Wn.copy_(W[src])
+            if b is not None:
+                bn.copy_(b[src])
+        elif k == layer + 1:
+            Wn.copy_(W[:, src] * fac)
+            if b is not None:
+                bn.copy_(b)
+        else:
+            Wn.copy_(W)
+            if b is not None:
+                bn.copy_(b)
+    return new_spec, new
+
+
+def permute(spec: MLPSpec, theta: Tensor, layer: int, perm: Sequence[int]) -> Tensor:
+    """theta with the neurons of layer k reordered: new neuron p is old neuron perm[p]."""
+    return expand(spec, theta, layer, perm, [1.0] * len(perm))[1]
+
+
+def swap(spec: MLPSpec, theta: Tensor, layer: int, i: int, j: int) -> Tensor:
+    """P_ij theta: neurons i and j of layer k exchanged."""
+    perm = list(range(spec.widths[layer]))
+    perm[i], perm[j] = j, i
+    return permute(spec, theta, layer, perm)
+
+
+def merge(spec: MLPSpec, theta: Tensor, layer: int, pairs: Sequence[tuple[int, int]]
+          ) -> tuple[MLPSpec, Tensor, list[int]]:
+    """Merge each pair (i, j) of layer k into one neuron with incoming (w_i + w_j)/2 and outgoing a_i + a_j,
+    placed at min(i, j); the pairs must be disjoint. Returns the reduced net and, for each merged pair, the
+    reduced index of its merged neuron."""
+    _check_layer(spec, layer)
+    n = spec.widths[layer]
+    flat = [x for p in pairs for x in p]
+    if len(set(flat)) != len(flat) or any(not 0 <= x < n for x in flat) or any(i == j for i, j in pairs):
+        raise ValueError(f"pairs: expected disjoint pairs of distinct neurons in 0..{n - 1}, got {list(pairs)}")
+    partner = {}
+    for i, j in pairs:
+        lo, hi = min(i, j), max(i, j)
+        partner[lo] = hi
+    dropped = {max(i, j) for i, j in pairs}
+    keep = [p for p in range(n) if p not in dropped]
+    red_spec, red = expand(spec, theta, layer, keep, [1.0] * len(keep))
+    W_in, b_in = red_spec.views(red)[layer - 1]
+    W_out = red_spec.views(red)[layer][0]
+    Wk, bk = spec.views(theta)[layer - 1]
+    Wo = spec.views(theta)[layer][0]
+    merged_at = []
+    for r, p in enumerate(keep):
+        if p in partner:
+            q = partner[p]
+            W_in[r] = 0.5 * (Wk[p] + Wk[q])
+            if b_in is not None:
+                b_in[r] = 0.5 * (bk[p] + bk[q])
+            W_out[:, r] = Wo[:, p] + Wo[:, q]
+    for i, j in pairs:
+        merged_at.append(keep.index(min(i, j)))
+    return red_spec, red, merged_at
+
+
+def duplicate(spec: MLPSpec, theta: Tensor, layer: int, neurons: Sequence[int], gamma: float = 0.5
+              ) -> tuple[MLPSpec, Tensor]:
+    """Duplicate each listed neuron of layer k: the copy goes right after it, both share the incoming vector,
+    the outgoing vector is split gamma : (1 - gamma). gamma = 1/2 gives a permutation point."""
+    sources, factors = [], []
+    dup = set(neurons)
+    for m in range(spec.widths[layer]):
+        if m in dup:
+            sources += [m, m]
+            factors += [gamma, 1.0 - gamma]
+        else:
+            sources.append(m)
+            factors.append(1.0)
+    return expand(spec, theta, layer, sources, factors)
+
+
+def unmerge(red_spec: MLPSpec, red: Tensor, layer: int, pair: tuple[int, int], gamma: float = 0.5
+            ) -> tuple[MLPSpec, Tensor]:
+    """Inverse alignment of `merge` for one pair (i, j): the merged neuron duplicated back into slots i and j
+    (outgoing split gamma : 1 - gamma), every other neuron back in its original slot."""
+    i, j = sorted(pair)
+    n = red_spec.widths[layer] + 1
+    sources, factors = [], []
+    for p in range(n):
+        if p == i:
+            sources.append(i), factors.append(gamma)
+        elif p == j:
+            sources.append(i), factors.append(1.0 - gamma)
+        else:
+            sources.append(p if p < j else p - 1), factors.append(1.0)
+    return expand(red_spec, red, layer, sources, factors)
+
+
+def align(spec: MLPSpec, theta_a: Tensor, theta_b: Tensor) -> Tensor:
+    """theta_b with its hidden neurons permuted, layer by layer, to best match theta_a (Hungarian matching of
+    incoming vectors, then of outgoing vectors as a tie-break)."""
+    b = theta_b.clone()
+    for k in range(1, spec.depth):
+        va = torch.cat([incoming(spec, theta_a, k), outgoing(spec, theta_a, k).T], dim=1).cpu().numpy()
+        vb = torch.cat([incoming(spec, b, k), outgoing(spec, b, k).T], dim=1).cpu().numpy()
+        cost = ((va[:, None, :] - vb[None, :, :]) ** 2).sum(-1)
+        _, cols = linear_sum_assignment(cost)
+        b = permute(spec, b, k, [int(c) for c in cols])
+    return b
+
+
+def distance_up_to_permutation(spec: MLPSpec, theta_a: Tensor, theta_b: Tensor) -> float:
+    """max |theta_a - P theta_b| over the best neuron permutation P found by `align`."""
+    return float((theta_a - align(spec, theta_a, theta_b)).abs().max())
+
+
+def neuron_pairs(spec: MLPSpec, theta: Tensor, layer: int, selection: str, seed: int = 0
+                 ) -> list[tuple[int, int]]:
+    """Pairs of layer k to merge: 'all', 'nearest' (each neuron with its nearest partner by incoming vector),
+    or 'random:N' (N distinct pairs drawn with `seed`)."""
+    n = spec.widths[layer]
+    all_pairs = list(itertools.combinations(range(n), 2))
+    if selection == "all":
+        return all_pairs
+    if selection == "nearest":
+        v = incoming(spec, theta, layer).cpu().numpy()
+        d = ((v[:, None] - v[None]) ** 2).sum(-1) + np.diag(np.full(n, np.inf))
+        return sorted({tuple(sorted((i, int(d[i].argmin())))) for i in range(n)})
+    if selection.startswith("random:"):
+        count = min(int(selection.split(":", 1)[1]), len(all_pairs))
+        rng = np.random.default_rng(seed)
+        idx = sorted(rng.choice(len(all_pairs), size=count, replace=False))
+        return [all_pairs[i] for i in idx]
+    raise ValueError(f"pairs: expected 'all', 'nearest' or 'random:N', got {selection!r}")
+
+
+def disjoint_pair_sets(pairs: Sequence[tuple[int, int]], order: int, limit: int | None = None
+                       ) -> list[tuple[tuple[int, int], ...]]:
+    """All sets of `order` mutually disjoint pairs from `pairs` (in lexicographic order, at most `limit`)."""
+    out = []
+    for combo in itertools.combinations(pairs, order):
+        flat = [x for p in combo for x in p]
+        if len(set(flat)) == len(flat):
+            out.append(combo)
+            if limit is not None and len(out) >= limit:
+                break
+    return out
+
+
+def as_theta(x, device=None) -> Tensor:
+    return torch.as_tensor(x, dtype=DTYPE, device=device)
