@@ -28,5 +28,5 @@ def test_bound_table():
 def test_bad_options_exit_2(args, option):
     r = CliRunner().invoke(main, ["bound", *args])
     assert r.exit_code == 2
-    errors = [line for line in r.output.splitlines() if line.startswith("Error")]
+    errors = [line for line in r.output.splitlines() if "error" in line.lower()]
     assert len(errors) == 1 and option in errors[0]
