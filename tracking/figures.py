@@ -1,0 +1,136 @@
+"""Per-trial figures (matplotlib, Agg, no pyplot state: safe in workers that run several trials).
+
+Each function takes a trial record (the dict of `permsym_core.study.run_trial`) and returns a
+`matplotlib.figure.Figure`, or None when the record has nothing to draw.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import FixedLocator, NullLocator
+
+MAX_SPECTRUM_PANELS = 12
+
+
+def new_figure(width: float, height: float, layout: str | None = "constrained") -> Figure:
+    fig = Figure(figsize=(width, height), dpi=100, layout=layout)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def save_png(fig: Figure, path) -> None:
+    fig.savefig(path, format="png", dpi=100)
+
+
+def _point_label(p: dict) -> str:
+    neurons = ",".join(str(n) for n in (p.get("neurons") or []))
+    return f"L{p.get('layer')} K{p.get('order')} red{p.get('reduced_id')} dup[{neurons}]"
+
+
+def spectrum_figure(record: dict, max_panels: int = MAX_SPECTRUM_PANELS) -> Figure | None:
+    """Lowest Hessian eigenvalues at each permutation point on a symmetric log scale, +-tau marked."""
+    pts = [p for p in record.get("points") or [] if p.get("lowest_eigenvalues")]
+    if not pts:
+        return None
+    shown = pts[:max_panels]
+    ncols = min(4, len(shown))
+    nrows = math.ceil(len(shown) / ncols)
+    # A fixed layout and shared y axis: constrained layout over 12 symlog panels took 3 s per figure.
+    fig = new_figure(3.0 * ncols + 0.6, 2.5 * nrows + 0.7, layout=None)
+    axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False, sharey=True)).ravel()
+    fig.subplots_adjust(left=0.6 / (3.0 * ncols + 0.6) + 0.04, right=0.98, bottom=0.55 / (2.5 * nrows + 0.7),
+                        top=1 - 0.75 / (2.5 * nrows + 0.7), wspace=0.08, hspace=0.55)
+    taus = [float(p.get("tau") or 0.0) for p in shown]
+    linthresh = max(min([t for t in taus if t > 0], default=1e-12), 1e-300)
+    big = max([abs(float(e)) for p in shown for e in p["lowest_eigenvalues"]] + [10 * linthresh])
+    lo, hi = math.floor(math.log10(linthresh)), math.ceil(math.log10(big))
+    step = max(1, math.ceil((hi - lo) / 3))
+    decades = [10.0 ** e for e in range(hi, lo - 1, -step)]
+    ticks = sorted([-d for d in decades] + [0.0] + decades)
+    for ax, p in zip(axes, shown):
+        eig = np.asarray(p["lowest_eigenvalues"], dtype=float)
+        tau = float(p.get("tau") or 0.0) or 1e-12
+        colors = np.where(eig < -tau, "tab:red", np.where(eig > tau, "tab:blue", "tab:gray"))
+        ax.scatter(np.arange(1, len(eig) + 1), eig, c=list(colors), s=22, zorder=3)
+        ax.set_yscale("symlog", linthresh=linthresh)
+        ax.yaxis.set_minor_locator(NullLocator())
+        ax.yaxis.set_major_locator(FixedLocator(ticks))
+        for s in (tau, -tau):
+            ax.axhline(s, color="k", ls="--", lw=0.8)
+        ax.axhspan(-tau, tau, color="0.9", zorder=0)
+        ax.set_title(f"{_point_label(p)}\nindex {p.get('index')}, n_zero {p.get('n_zero')}"
+                     f"{' (ambiguous)' if p.get('ambiguous') else ''}", fontsize=8)
+        ax.set_xticks(range(1, len(eig) + 1, 2))
+        ax.set_xlabel("eigenvalue rank", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    for ax in axes[len(shown):]:
+        ax.set_visible(False)
+    more = f" (first {len(shown)} of {len(pts)} points)" if len(pts) > len(shown) else ""
+    fig.suptitle(f"Lowest Hessian eigenvalues at the permutation points{more}; dashed: +-tau "
+                 f"(red: negative, grey: zero, blue: positive)", fontsize=9)
+    return fig
+
+
+def gamma_line_figure(record: dict, max_lines: int = 6) -> Figure | None:
+    """Index and n_zero along the gamma-line of duplicated neurons (record['gamma_scan'])."""
+    scans = [s for s in record.get("gamma_scan") or [] if s.get("gammas")]
+    if not scans:
+        return None
+    scans = scans[:max_lines]
+    fig = new_figure(7.5, 3.2)
+    ax1, ax2 = fig.subplots(1, 2, sharex=True)
+    for i, s in enumerate(scans):
+        g = np.asarray(s["gammas"], dtype=float)
+        label = f"L{s.get('layer')} red{s.get('reduced_id')} n{s.get('neuron')}"
+        off = 0.04 * (i - (len(scans) - 1) / 2)         # small offsets so equal step lines stay visible
+        ax1.step(g, np.asarray(s["index"], dtype=float) + off, where="mid", label=label)
+        ax2.step(g, np.asarray(s["n_zero"], dtype=float) + off, where="mid", label=label)
+    for ax, name in ((ax1, "index (# eigenvalues < -tau)"), (ax2, "n_zero (# |eigenvalue| <= tau)")):
+        ax.axvspan(0, 1, color="0.92", zorder=0)
+        ax.axvline(0.5, color="k", ls=":", lw=0.8)
+        ax.set_xlabel("gamma (outgoing split gamma : 1-gamma)")
+        ax.set_ylabel(name)
+        ax.yaxis.get_major_locator().set_params(integer=True)
+        ax.grid(alpha=0.3)
+    ax2.legend(fontsize=7, loc="best")
+    fig.suptitle("gamma-line: shaded 0 < gamma < 1, dotted: the permutation point gamma = 1/2", fontsize=9)
+    return fig
+
+
+def path_figure(record: dict) -> Figure | None:
+    """Loss along theta* -> permutation point -> P_ij theta*, one line per recorded path."""
+    paths = [p for p in record.get("paths") or [] if p.get("losses")]
+    if not paths:
+        return None
+    fig = new_figure(6, 3.6)
+    ax = fig.subplots()
+    for p in paths:
+        losses = np.asarray(p["losses"], dtype=float)
+        s = np.linspace(0, 1, len(losses))
+        pair = ",".join(str(x) for x in p.get("pair") or [])
+        ax.plot(s, losses, marker=".", ms=3, label=f"layer {p.get('layer')}, pair ({pair}), "
+                                                     f"barrier {p.get('barrier', float('nan')):.3g}")
+    ax.axvline(0.5, color="k", ls=":", lw=0.8)
+    if np.all(np.concatenate([np.asarray(p["losses"], float) for p in paths]) > 0):
+        ax.set_yscale("log")
+    ax.set_xlabel("position along the path (0: theta*, 0.5: permutation point, 1: P_ij theta*)")
+    ax.set_ylabel("loss")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    ax.set_title("Loss along the equal-loss valley path", fontsize=9)
+    return fig
+
+
+def trial_figures(record: dict) -> dict:
+    """{artifact file name: Figure} for every figure the record supports."""
+    out = {}
+    for name, fn in (("figures/spectra.png", spectrum_figure), ("figures/gamma_line.png", gamma_line_figure),
+                     ("figures/path.png", path_figure)):
+        fig = fn(record)
+        if fig is not None:
+            out[name] = fig
+    return out

@@ -1,0 +1,134 @@
+"""Where results live and how the MLflow store is prepared before any worker writes.
+
+The embedded default is SQLite at an absolute path (`sqlite:///<results>/mlflow.db`) with artifacts beside
+it (`<results>/artifacts`). The driver calls `prepare_store` once: concurrent first-time migrations of one
+SQLite file crash workers (measured, see DESIGN.md section 3), so the database, its migrations and the
+experiment must exist before the first trial starts.
+"""
+from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
+from urllib.parse import urlparse
+
+#: Environment for `mlflow server` processes started by permsym (the UI, tests, the cluster head).
+#: Without it mlflow 3.17 starts 10 processes (job runner and huey consumers for GenAI features, ~1.2 GB);
+#: with it 2 processes (~400 MB). This is the one place that sets it.
+SERVER_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+
+
+def server_env(base: dict | None = None) -> dict:
+    """A copy of `base` (default: os.environ) with the MLflow server settings permsym relies on."""
+    env = dict(os.environ if base is None else base)
+    env.update(SERVER_ENV)
+    return env
+
+
+def default_results_dir() -> Path:
+    return Path("./permsym-results").resolve()
+
+
+def results_uri(results_dir: str | os.PathLike) -> str:
+    """The SQLite tracking URI of a results folder (absolute, so every worker's CWD agrees)."""
+    return f"sqlite:///{Path(results_dir).resolve() / 'mlflow.db'}"
+
+
+def artifact_root(results_dir: str | os.PathLike) -> Path:
+    return Path(results_dir).resolve() / "artifacts"
+
+
+def is_sqlite(tracking_uri: str) -> bool:
+    return tracking_uri.startswith("sqlite:")
+
+
+def is_http(tracking_uri: str) -> bool:
+    return tracking_uri.startswith(("http://", "https://"))
+
+
+def sqlite_path(tracking_uri: str) -> Path | None:
+    """The database file of a `sqlite:///abs/path` URI (None for any other URI or in-memory SQLite)."""
+    if not is_sqlite(tracking_uri):
+        return None
+    path = tracking_uri[len("sqlite:///"):] if tracking_uri.startswith("sqlite:///") else ""
+    if not path or path == ":memory:":
+        return None
+    return Path("/" + path.lstrip("/")) if tracking_uri.startswith("sqlite:////") else Path(path)
+
+
+def enable_wal(db_path: str | os.PathLike) -> str:
+    """Switch a SQLite database to write-ahead logging (persistent in the file). Returns the new mode.
+
+    With WAL, readers (the UI, queries) do not block the writers and writers block each other for
+    shorter spells; see tests/test_tracking.py for the measured effect with 8 concurrent writers.
+    Never use it on a network file system.
+    """
+    con = sqlite3.connect(str(db_path), timeout=30)
+    try:
+        mode = con.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+    finally:
+        con.close()
+    return str(mode)
+
+
+def prepare_store(tracking_uri: str, experiment_name: str, artifact_root: str | os.PathLike | None = None,
+                  wal: bool = True) -> str:
+    """Create the store (tables, migrations) and the experiment if needed; return the experiment id.
+
+    Idempotent: a second call (or a relaunched sweep) returns the same id. For SQLite, the parent folder is
+    created, WAL is switched on (`wal=False` keeps the rollback journal) and, unless `artifact_root` says
+    otherwise, the experiment's artifacts go to `<db folder>/artifacts/<experiment name>`. For a server,
+    the server decides where artifacts go unless `artifact_root` is given.
+    """
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    db = sqlite_path(tracking_uri)
+    if db is not None:
+        db.parent.mkdir(parents=True, exist_ok=True)
+        if artifact_root is None:
+            artifact_root = db.parent / "artifacts"
+    location = None
+    if artifact_root is not None:
+        root = str(artifact_root)
+        if "://" not in root:
+            root = Path(root).resolve().as_uri()
+        location = f"{root.rstrip('/')}/{experiment_name}"
+
+    client = MlflowClient(tracking_uri)          # for SQLite this creates the tables and runs migrations
+    if db is not None and wal:
+        enable_wal(db)
+    exp = client.get_experiment_by_name(experiment_name)
+    if exp is None:
+        try:
+            return client.create_experiment(experiment_name, artifact_location=location)
+        except MlflowException as e:              # another driver created it in between
+            if "RESOURCE_ALREADY_EXISTS" not in str(e.error_code) and "already exists" not in str(e):
+                raise
+            exp = client.get_experiment_by_name(experiment_name)
+            if exp is None:
+                raise
+    if exp.lifecycle_stage == "deleted":
+        client.restore_experiment(exp.experiment_id)
+    return exp.experiment_id
+
+
+def experiment_id_for(tracking_uri: str, experiment: str | None) -> list[str]:
+    """Experiment ids to search: the named (or numbered) experiment, or every active experiment."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    if experiment is not None:
+        exp = client.get_experiment_by_name(str(experiment))
+        if exp is None and str(experiment).isdigit():
+            try:
+                exp = client.get_experiment(str(experiment))
+            except Exception:
+                exp = None
+        return [] if exp is None else [exp.experiment_id]
+    return [e.experiment_id for e in client.search_experiments()]
+
+
+def server_base_url(tracking_uri: str) -> str:
+    u = urlparse(tracking_uri)
+    return f"{u.scheme}://{u.netloc}"
