@@ -425,6 +425,7 @@ def scan_for_secrets(tracking_uri: str, experiment_id: str, values: Iterable[str
     values = [v for v in values if v]
     if not values:
         return []
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     c = client(tracking_uri)
     findings = []
     for r in search_all(tracking_uri, [experiment_id]):

@@ -1,0 +1,366 @@
+"""Query the logged sweeps as pandas DataFrames: trials, permutation points and the count summary.
+
+    from tracking import query
+    runs = query.runs(sweep="toy")                  # one row per FINISHED trial, typed columns
+    pts = query.points(sweep="toy")                 # one row per permutation point of the converged trials
+    query.summary(sweep="toy")                      # per architecture and (layer, order): counts vs bound
+
+The store is `tracking_uri` if given, else $MLFLOW_TRACKING_URI, else the SQLite store of `results_dir`
+(default ./permsym-results). Filters (sweep, task, activation, width range, depth) are part of the MLflow
+filter string, so the store returns only the matching runs.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from . import runs as _runs
+from . import store as _store
+
+TUPLE_PARAMS = ("widths", "orders")
+INT_PARAMS = ("seed", "max_iter", "adam_steps", "path_points")
+FLOAT_PARAMS = ("grad_tol", "lr", "init_scale", "time_limit_s")
+BOOL_PARAMS = ("bias", "gamma_scan", "path_relax", "save_params")
+STR_PARAMS = ("task", "activation", "pairs")
+ARCH_COLUMNS = ("sweep", "task", "activation", "widths", "depth", "seed", "orders")
+_LK = re.compile(r"^L(\d+)_K(\d+)_(.+)$")
+
+
+def resolve_tracking_uri(tracking_uri: str | None = None, results_dir=None) -> str:
+    if tracking_uri:
+        return tracking_uri
+    if results_dir is None and os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    return _store.results_uri(results_dir if results_dir is not None else _store.default_results_dir())
+
+
+# --- parsing MLflow's strings back into types -------------------------------------------------------------
+
+def _parse_scalar(s: str):
+    if s == "None":
+        return None
+    if s in ("True", "False"):
+        return s == "True"
+    try:
+        return int(s)
+    except ValueError:
+        pass
+    try:
+        return float(s)
+    except ValueError:
+        return s
+
+
+def _parse_param(key: str, value: str):
+    if key in TUPLE_PARAMS:
+        return tuple(int(x) for x in value.split(",") if x.strip()) if value not in ("", "None") else ()
+    if key in INT_PARAMS:
+        return int(value)
+    if key in FLOAT_PARAMS:
+        return None if value == "None" else float(value)
+    if key in BOOL_PARAMS:
+        return None if value == "None" else value == "True"
+    if key in STR_PARAMS:
+        return value
+    if "," in value:
+        parts = [_parse_scalar(x) for x in value.split(",")]
+        if all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in parts):
+            return tuple(parts)
+        return value
+    return _parse_scalar(value)
+
+
+def _filter_string(sweep=None, task=None, activation=None, width_min=None, width_max=None, depth=None,
+                   converged_only=False, extra: str | None = None) -> str:
+    parts = [f"tags.`{_runs.ROLE_TAG}` = '{_runs.TRIAL_ROLE}'", "attributes.status = 'FINISHED'"]
+    if sweep is not None:
+        parts.append(f"tags.sweep = {_runs._q(sweep)}")
+    if task is not None:
+        parts.append(f"params.task = {_runs._q(task)}")
+    if activation is not None:
+        parts.append(f"params.activation = {_runs._q(activation)}")
+    if width_min is not None:
+        parts.append(f"metrics.arch_width_min >= {float(width_min)}")
+    if width_max is not None:
+        parts.append(f"metrics.arch_width_max <= {float(width_max)}")
+    if depth is not None:
+        parts.append(f"metrics.arch_depth = {float(depth)}")
+    if converged_only:
+        parts.append("tags.converged = 'true'")
+    if extra:
+        parts.append(extra)
+    return " and ".join(parts)
+
+
+def runs(sweep: str | None = None, experiment: str | None = None, tracking_uri: str | None = None, *,
+         results_dir=None, task: str | None = None, activation: str | None = None, width_min: int | None = None,
+         width_max: int | None = None, depth: int | None = None, converged_only: bool = False,
+         filter_string: str | None = None) -> pd.DataFrame:
+    """One row per FINISHED trial run, with typed columns.
+
+    Columns: run_id, sweep, trial_key, attempt, code_version, converged (bool), failure_reason, start_time,
+    the config (task, widths (tuple), depth (= number of hidden layers), activation, seed, orders (tuple),
+    pairs, tolerances..., task_options.*), and every logged metric (minimum_loss, minimum_grad_inf, n_params,
+    log10_minima, L<k>_K<K>_<count>, L<k>_barrier, time_<phase>, ...). Trials that did not converge are
+    included with converged=False unless `converged_only`; their counts are absent (NaN).
+    `width_min`/`width_max` bound every hidden width, `depth` is the number of hidden layers.
+    """
+    uri = resolve_tracking_uri(tracking_uri, results_dir)
+    exp_ids = _store.experiment_id_for(uri, experiment)
+    filt = _filter_string(sweep, task, activation, width_min, width_max, depth, converged_only, filter_string)
+    with _runs._guard(uri):
+        found = _runs.search_all(uri, exp_ids, filt, order_by=["attributes.start_time ASC"])
+    rows = []
+    for r in found:
+        tags, params = r.data.tags, r.data.params
+        row = dict(r.data.metrics)                       # the base columns below win over same-named metrics
+        row.update({"run_id": r.info.run_id, "experiment_id": r.info.experiment_id, "sweep": tags.get("sweep"),
+               "trial_key": tags.get("trial_key"), "attempt": int(tags.get("attempt", 1) or 1),
+               "code_version": tags.get("code_version"), "converged": tags.get("converged") == "true",
+               "failure_reason": tags.get("failure_reason"),
+               "start_time": pd.to_datetime(r.info.start_time, unit="ms", utc=True)})
+        for k, v in params.items():
+            row[k] = _parse_param(k, v)
+        if isinstance(row.get("widths"), tuple):
+            row["depth"] = len(row["widths"])
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    if df.empty:
+        return pd.DataFrame(columns=["run_id", "sweep", "trial_key", "converged", *ARCH_COLUMNS[1:]])
+    first = ["run_id", "sweep", "trial_key", "task", "activation", "widths", "depth", "seed", "orders", "converged"]
+    first = [c for c in first if c in df.columns]
+    metric_cols = sorted({k for r in found for k in r.data.metrics} - set(first))
+    rest = [c for c in df.columns if c not in first and c not in metric_cols]
+    df = df[first + rest + [c for c in metric_cols if c not in first]]
+    for c in ("seed", "depth"):
+        if c in df.columns and df[c].notna().all():
+            df[c] = df[c].astype(int)
+    return df.reset_index(drop=True)
+
+
+# --- points ----------------------------------------------------------------------------------------------
+
+def _download_json(uri: str, run_id: str, artifact: str):
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")   # one bar per run otherwise
+    c = _runs.client(uri)
+    with tempfile.TemporaryDirectory(prefix="permsym-q-") as tmp:
+        local = c.download_artifacts(run_id, artifact, tmp)
+        return Path(local).read_text()
+
+
+def _load_points(uri: str, run_ids: Sequence[str]) -> pd.DataFrame:
+    def one(rid):
+        text = _download_json(uri, rid, _runs.POINTS_ARTIFACT)
+        obj = json.loads(text)
+        df = pd.DataFrame(obj["data"], columns=obj["columns"])
+        df["run_id"] = rid
+        return df
+
+    if not run_ids:
+        return pd.DataFrame()
+    workers = 8 if _store.is_http(uri) else 2
+    with _runs._guard(uri), ThreadPoolExecutor(max_workers=min(workers, len(run_ids))) as ex:
+        frames = list(ex.map(one, run_ids))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def _points_for(uri: str, rdf: pd.DataFrame) -> pd.DataFrame:
+    if rdf.empty:
+        return pd.DataFrame()
+    have = rdf[(rdf["converged"]) & (rdf.get("n_points", pd.Series(0, index=rdf.index)).fillna(0) > 0)]
+    pdf = _load_points(uri, list(have["run_id"]))
+    if pdf.empty:
+        return pdf
+    arch = [c for c in ("run_id", *ARCH_COLUMNS, "trial_key") if c in rdf.columns]
+    pdf = pdf.merge(rdf[arch], on="run_id", how="left")
+    for c in ("layer", "order", "reduced_id", "index", "n_zero", "plateau_dim"):
+        if c in pdf.columns:
+            pdf[c] = pd.to_numeric(pdf[c]).astype("Int64")
+    if "fa_index" in pdf.columns:
+        pdf["fa_index"] = pd.to_numeric(pdf["fa_index"]).astype("Int64")
+    for c in ("critical", "ambiguous", "claim_zero_holds", "claim_guaranteed_holds"):
+        if c in pdf.columns:
+            pdf[c] = pdf[c].astype("boolean")
+    if "neurons" in pdf.columns:
+        pdf["neurons"] = pdf["neurons"].map(lambda v: tuple(v) if isinstance(v, list) else v)
+    return pdf
+
+
+def points(sweep: str | None = None, experiment: str | None = None, tracking_uri: str | None = None, *,
+           results_dir=None, task: str | None = None, activation: str | None = None, width_min=None,
+           width_max=None, depth=None, filter_string: str | None = None) -> pd.DataFrame:
+    """One row per permutation point across the converged trials that match.
+
+    Columns: layer, order, reduced_id, neurons, gamma, loss, grad_inf, critical, index, n_zero, tau, gap,
+    ambiguous, lowest_eigenvalues, plateau_dim (n_{k+1}), claim_zero_holds (n_zero >= n_{k+1}),
+    claim_guaranteed_holds, fa_index (<NA> where undefined), log10_multiplicity, point_id, run_id and the
+    architecture columns (sweep, task, activation, widths, depth, seed, orders, trial_key).
+    Trials that did not converge contribute no points.
+    """
+    uri = resolve_tracking_uri(tracking_uri, results_dir)
+    rdf = runs(sweep, experiment, uri, task=task, activation=activation, width_min=width_min,
+               width_max=width_max, depth=depth, converged_only=True, filter_string=filter_string)
+    return _points_for(uri, rdf)
+
+
+# --- summary -----------------------------------------------------------------------------------------------
+
+def _log10_mean(values: Iterable) -> float:
+    """log10 of the mean of 10**v over runs; a missing value (None/NaN: a zero count) counts as 0."""
+    vals = [v for v in values]
+    if not vals:
+        return float("nan")
+    finite = [float(v) for v in vals if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    if not finite:
+        return float("nan")
+    m = max(finite)
+    return m + math.log10(sum(10 ** (v - m) for v in finite) / len(vals))
+
+
+def _log10_sum(values: Iterable) -> float:
+    finite = [float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    if not finite:
+        return float("nan")
+    m = max(finite)
+    return m + math.log10(sum(10 ** (v - m) for v in finite))
+
+
+def layer_orders(rdf: pd.DataFrame) -> list[tuple[int, int]]:
+    out = set()
+    for c in rdf.columns:
+        m = _LK.match(str(c))
+        if m and m.group(3) == "n_found":
+            out.add((int(m.group(1)), int(m.group(2))))
+    return sorted(out)
+
+
+SUMMARY_DOC = """\
+Columns of summary(): one row per group (the `by` columns) and hidden layer / order K.
+n_seeds: converged trials behind the row (seeds: which). log10_minima: log10 prod_k n_k! (equivalent minima).
+log10_bound: log10 of the lower bound on K-th order permutation points of this layer.
+log10_critical / log10_saddle / log10_first_order: log10 of the multiplicity-scaled empirical count,
+averaged over seeds in linear space (log10 of the seed-mean of count x multiplicity; a seed that found none
+contributes 0). log10_ratio_*: that minus log10_bound (0: meets the bound, > 0: exceeds, < 0: short).
+n_found .. n_first_order: mean over seeds of the distinct points found per trial.
+frac_first_order: first-order saddles / saddles, pooled over seeds.
+frac_claim_zero: fraction of critical points with n_zero >= n_{k+1} (the abstract's claim);
+frac_claim_guaranteed: with n_neg + n_zero >= n_{k+1}; fa_agreement: fraction of points with a
+Fukumizu-Amari prediction where it equals the Hessian index (n_fa points had one); n_points: critical points
+behind these fractions; frac_ambiguous: zero/non-zero calls flagged ambiguous."""
+
+
+def summarise(rdf: pd.DataFrame, pdf: pd.DataFrame, by: Sequence[str] = ("task", "activation", "widths")
+              ) -> pd.DataFrame:
+    """The summary of already-loaded runs (converged rows are used) and points; see SUMMARY_DOC."""
+    by = list(by)
+    cols = by + ["layer", "order", "n_seeds", "seeds", "log10_minima", "log10_bound", "log10_critical",
+                 "log10_saddle", "log10_first_order", "log10_ratio_critical", "log10_ratio_saddle",
+                 "log10_ratio_first_order", "n_found", "n_critical", "n_saddle", "n_first_order",
+                 "frac_first_order", "frac_claim_zero", "frac_claim_guaranteed", "fa_agreement", "n_fa",
+                 "n_points", "frac_ambiguous"]
+    if rdf.empty or "converged" not in rdf.columns:
+        return pd.DataFrame(columns=cols)
+    rdf = rdf[rdf["converged"]]
+    missing = [b for b in by if b not in rdf.columns]
+    if missing:
+        raise ValueError(f"by: unknown column {missing[0]!r}; expected run columns such as task, activation, "
+                         f"widths, depth, seed, orders")
+    if rdf.empty:
+        return pd.DataFrame(columns=cols)
+    rows = []
+    for key, g in rdf.groupby(by, sort=True, dropna=False):
+        key = key if isinstance(key, tuple) else (key,)
+        gp = pdf[pdf["run_id"].isin(g["run_id"])] if not pdf.empty else pdf
+        for layer, order in layer_orders(g):
+            pre = _runs.count_prefix(layer, order)
+            sub = g[g[pre + "n_found"].notna()]
+            if sub.empty:
+                continue
+            row = dict(zip(by, key))
+            row.update(layer=layer, order=order, n_seeds=len(sub),
+                       seeds=tuple(sorted(int(s) for s in sub["seed"])) if "seed" in sub else ())
+            row["log10_minima"] = float(sub["log10_minima"].mean()) if "log10_minima" in sub else float("nan")
+            row["log10_bound"] = float(sub[pre + "log10_bound"].mean()) if pre + "log10_bound" in sub else float("nan")
+            for kind in ("critical", "saddle", "first_order"):
+                col = pre + "log10_" + kind
+                v = _log10_mean(sub[col]) if col in sub else float("nan")
+                row["log10_" + kind] = v
+                row["log10_ratio_" + kind] = v - row["log10_bound"]
+            for kind in ("found", "critical", "saddle", "first_order"):
+                col = pre + "n_" + kind
+                row["n_" + kind] = float(sub[col].fillna(0).mean()) if col in sub else float("nan")
+            n_sad = sub[pre + "n_saddle"].fillna(0).sum() if pre + "n_saddle" in sub else 0
+            n_fo = sub[pre + "n_first_order"].fillna(0).sum() if pre + "n_first_order" in sub else 0
+            row["frac_first_order"] = float(n_fo / n_sad) if n_sad else float("nan")
+            lp = gp[(gp["layer"] == layer) & (gp["order"] == order) & (gp["critical"].fillna(False))] \
+                if not gp.empty else gp
+            row["n_points"] = int(len(lp))
+            if len(lp):
+                row["frac_claim_zero"] = float(lp["claim_zero_holds"].astype(float).mean())
+                row["frac_claim_guaranteed"] = float(lp["claim_guaranteed_holds"].astype(float).mean()) \
+                    if "claim_guaranteed_holds" in lp else float("nan")
+                fa = lp[lp["fa_index"].notna()] if "fa_index" in lp else lp.iloc[0:0]
+                row["n_fa"] = int(len(fa))
+                row["fa_agreement"] = float((fa["fa_index"] == fa["index"]).astype(float).mean()) if len(fa) \
+                    else float("nan")
+                row["frac_ambiguous"] = float(lp["ambiguous"].astype(float).mean()) if "ambiguous" in lp \
+                    else float("nan")
+            else:
+                row.update(frac_claim_zero=float("nan"), frac_claim_guaranteed=float("nan"), n_fa=0,
+                           fa_agreement=float("nan"), frac_ambiguous=float("nan"))
+            rows.append(row)
+    out = pd.DataFrame(rows, columns=cols)
+    return out.sort_values(by + ["layer", "order"], kind="stable").reset_index(drop=True)
+
+
+def summary(sweep: str | None = None, experiment: str | None = None, tracking_uri: str | None = None, *,
+            by: Sequence[str] = ("task", "activation", "widths"), results_dir=None, task=None, activation=None,
+            width_min=None, width_max=None, depth=None, filter_string: str | None = None) -> pd.DataFrame:
+    """Per group (`by`) and per (layer, order): the empirical counts against the bound (see SUMMARY_DOC)."""
+    uri = resolve_tracking_uri(tracking_uri, results_dir)
+    rdf = runs(sweep, experiment, uri, task=task, activation=activation, width_min=width_min,
+               width_max=width_max, depth=depth, converged_only=True, filter_string=filter_string)
+    return summarise(rdf, _points_for(uri, rdf), by)
+
+
+summary.__doc__ += "\n\n" + SUMMARY_DOC
+
+
+def records(run_ids: Sequence[str], tracking_uri: str | None = None, results_dir=None) -> dict[str, dict]:
+    """The full trial records (trial_record.json) of the given runs, by run id."""
+    uri = resolve_tracking_uri(tracking_uri, results_dir)
+    if not run_ids:
+        return {}
+    with _runs._guard(uri), ThreadPoolExecutor(max_workers=min(4, len(run_ids))) as ex:
+        texts = list(ex.map(lambda r: _download_json(uri, r, _runs.RECORD_ARTIFACT), run_ids))
+    return {r: json.loads(t) for r, t in zip(run_ids, texts)}
+
+
+def to_jsonable(df: pd.DataFrame) -> list[dict]:
+    """Records for JSON output: tuples become lists, NaN/NA become null."""
+    out = []
+    for rec in df.to_dict(orient="records"):
+        clean = {}
+        for k, v in rec.items():
+            if isinstance(v, tuple):
+                v = list(v)
+            elif isinstance(v, (np.integer,)):
+                v = int(v)
+            elif isinstance(v, (np.floating, float)):
+                v = None if not math.isfinite(float(v)) else float(v)
+            elif isinstance(v, (np.bool_,)):
+                v = bool(v)
+            elif v is pd.NA:
+                v = None
+            clean[str(k)] = v
+        out.append(clean)
+    return out
