@@ -194,21 +194,39 @@ def _pulled_back_curvature(k, l, T, F, s) -> Tensor | None:
 
 
 def _dense_block(k, l, Q, T, hts, dsig, deltas, cross: bool) -> Tensor:
-    """B[a,i,b,j] = sum_n U[n,a,i,b] ~h_{l-1}[n,j] with U = Q[a,b] ~h_{k-1}[i] + cross term, sample-chunked."""
+    """B[a,i,b,j] of block (k, l): the pulled-back curvature term plus, if `cross`, the dense cross term."""
     hk, hl = hts[k - 1], hts[l - 1]
-    N = hk.shape[0]
-    nk, nl = deltas[k - 1].shape[1], deltas[l - 1].shape[1]
-    ni = hk.shape[1]
-    B = torch.zeros(nk * ni * nl, hl.shape[1], dtype=DTYPE, device=hk.device)
-    for sl in _sample_chunks(N, nk * ni * nl):
-        U = torch.zeros(sl.stop - sl.start, nk, ni, nl, dtype=DTYPE, device=hk.device)
-        if Q is not None:
-            U += Q[sl][:, :, None, :] * hk[sl][:, None, :, None]
-        if cross:  # i runs over the non-bias inputs of layer k, i.e. the units of layer k-1
-            g = dsig[k - 2][sl][:, :, None] * T[(k - 1, l)][sl]  # (n, n_{k-1}, n_l)
-            U[:, :, : g.shape[1], :] += deltas[k - 1][sl][:, :, None, None] * g[:, None]
-        B.addmm_(U.reshape(U.shape[0], -1).T, hl[sl])
-    return B.reshape(nk, ni, nl, hl.shape[1])
+    B = torch.zeros(deltas[k - 1].shape[1], hk.shape[1], deltas[l - 1].shape[1], hl.shape[1],
+                    dtype=DTYPE, device=hk.device)
+    if Q is not None:
+        B += _weighted_outer(Q, hk, hl)
+    if cross:  # i runs over the real inputs of layer k, i.e. the units of layer k-1
+        g = dsig[k - 2][:, :, None] * T[(k - 1, l)]  # dh_{k-1}/dz_l, (N, n_{k-1}, n_l)
+        B[:, : g.shape[1]] += _cross_term(deltas[k - 1], g, hl)
+    return B
+
+
+def _weighted_outer(Q: Tensor, hk: Tensor, hl: Tensor) -> Tensor:
+    """sum_n Q[n,a,b] hk[n,i] hl[n,j] -> [a,i,b,j]: expand the narrower input into Q, GEMM with the wider."""
+    N, na, nb = Q.shape
+    swap = hk.shape[1] < hl.shape[1]
+    narrow, wide = (hk, hl) if swap else (hl, hk)
+    out = torch.zeros(na * nb * narrow.shape[1], wide.shape[1], dtype=DTYPE, device=Q.device)
+    for sl in _sample_chunks(N, na * nb * narrow.shape[1]):
+        U = (Q[sl][:, :, :, None] * narrow[sl][:, None, None, :]).reshape(sl.stop - sl.start, -1)
+        out.addmm_(U.T, wide[sl])
+    out = out.reshape(na, nb, narrow.shape[1], wide.shape[1])  # [a, b, narrow, wide]
+    return out.permute(0, 2, 1, 3) if swap else out.permute(0, 3, 1, 2)
+
+
+def _cross_term(delta: Tensor, g: Tensor, hl: Tensor) -> Tensor:
+    """sum_n delta[n,a] g[n,i,b] hl[n,j] -> [a,i,b,j] as one GEMM over samples, chunked."""
+    N, ni, nb = g.shape
+    out = torch.zeros(delta.shape[1], ni * nb * hl.shape[1], dtype=DTYPE, device=g.device)
+    for sl in _sample_chunks(N, ni * nb * hl.shape[1]):
+        V = (g[sl][:, :, :, None] * hl[sl][:, None, None, :]).reshape(sl.stop - sl.start, -1)
+        out.addmm_(delta[sl].T, V)
+    return out.reshape(delta.shape[1], ni, nb, hl.shape[1])
 
 
 # ---------------------------------------------------------------- assembly
@@ -249,7 +267,7 @@ def _add_block(H, spec, k, l, B, mode: str = "dense", sym: bool = False) -> None
                 H[cols, rows].view(shape[2:] + shape[:2]).diagonal(dim1=0, dim2=3).add_(Bij.permute(2, 0, 1))
 
 
-def _symmetrise_(H: Tensor, block: int = 2048) -> None:
+def _symmetrise_(H: Tensor, block: int = 256) -> None:
     """H <- (H + H^T) / 2 in place, tile by tile (no second P x P buffer)."""
     P = H.shape[0]
     for r in range(0, P, block):
