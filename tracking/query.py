@@ -294,7 +294,8 @@ def summarise(rdf: pd.DataFrame, pdf: pd.DataFrame, by: Sequence[str] = ("task",
                 col = pre + "log10_" + kind
                 v = _log10_mean(sub[col]) if col in sub else float("nan")
                 row["log10_" + kind] = v
-                row["log10_ratio_" + kind] = v - row["log10_bound"]
+                ratio = v - row["log10_bound"]
+                row["log10_ratio_" + kind] = 0.0 if abs(ratio) < 1e-9 else ratio     # rounding noise of log10
             for kind in ("found", "critical", "saddle", "first_order"):
                 col = pre + "n_" + kind
                 row["n_" + kind] = float(sub[col].fillna(0).mean()) if col in sub else float("nan")
