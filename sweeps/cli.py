@@ -59,6 +59,94 @@ def bound_cmd(widths: tuple[int, ...], order: int, as_json: bool) -> None:
 
 # --- permsym results / report --------------------------------------------------------------------
 
+def _tracking_uri_for(results: str | None, tracking_uri: str | None) -> str:
+    """--tracking-uri, else $MLFLOW_TRACKING_URI (when --results is not given), else the results folder's SQLite."""
+    from tracking.query import resolve_tracking_uri
+
+    return resolve_tracking_uri(tracking_uri, results)
+
+
+def _results_options(f):
+    f = click.option("--sweep", default=None, help="Only this sweep (default: every sweep in the store).")(f)
+    f = click.option("--tracking-uri", default=None,
+                     help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else the results folder).")(f)
+    f = click.option("--results", default=None, type=click.Path(file_okay=False),
+                     help="Results folder of the SQLite store (default: ./permsym-results).")(f)
+    return f
+
+
+def _check_store(uri: str) -> None:
+    from tracking.store import sqlite_path
+
+    db = sqlite_path(uri)
+    if db is not None and not db.exists():
+        raise click.UsageError(f"no results store at {db} (run a sweep first, or pass --results / --tracking-uri)")
+
+
+@main.command("results")
+@_results_options
+@click.option("--by", default="task,activation,widths", show_default=True,
+              help="Comma-separated run columns to group by (task, activation, widths, depth, seed, orders, ...).")
+@click.option("--format", "fmt", default="table", show_default=True, type=click.Choice(["table", "csv", "json"]))
+def results_cmd(results, tracking_uri, sweep, by, fmt) -> None:
+    """Print the summary: empirical permutation-point counts against the lower bound."""
+    import json
+
+    import pandas as pd
+
+    from tracking import query
+    from tracking.runs import TrackingUnavailable
+
+    uri = _tracking_uri_for(results, tracking_uri)
+    _check_store(uri)
+    by_cols = tuple(c.strip() for c in by.split(",") if c.strip())
+    if not by_cols:
+        raise click.BadParameter("expected at least one column name", param_hint="'--by'")
+    try:
+        summ = query.summary(sweep, tracking_uri=uri, by=by_cols)
+    except ValueError as err:
+        raise click.BadParameter(str(err), param_hint="'--by'") from None
+    except TrackingUnavailable as err:
+        raise click.ClickException(str(err)) from None
+    if fmt == "json":
+        click.echo(json.dumps(query.to_jsonable(summ)))
+    elif fmt == "csv":
+        click.echo(summ.to_csv(index=False), nl=False)
+    elif summ.empty:
+        click.echo("no converged trials found" + (f" for sweep {sweep!r}" if sweep else ""))
+    else:
+        cols = [*by_cols, "layer", "order", "n_seeds", "log10_minima", "log10_bound", "log10_critical",
+                "log10_saddle", "log10_first_order", "log10_ratio_saddle", "frac_first_order", "frac_claim_zero",
+                "fa_agreement"]
+        with pd.option_context("display.width", 250, "display.max_columns", 50):
+            click.echo(summ[[c for c in cols if c in summ.columns]].to_string(index=False, float_format="%.3g"))
+        click.echo("log10 counts: multiplicity-scaled, mean over seeds in linear space; "
+                   "ratio = log10(count) - log10(bound)")
+
+
+@main.command("report")
+@_results_options
+@click.option("--out", default=None, type=click.Path(file_okay=False),
+              help="Folder for report.md and its figures (default: <results>/report[-<sweep>]).")
+def report_cmd(results, tracking_uri, sweep, out) -> None:
+    """Write a Markdown report with figures, and log it to the sweep's parent run."""
+    from pathlib import Path
+
+    from tracking.report import write_report
+    from tracking.runs import TrackingUnavailable
+    from tracking.store import default_results_dir
+
+    uri = _tracking_uri_for(results, tracking_uri)
+    _check_store(uri)
+    if out is None:
+        base = Path(results).resolve() if results else default_results_dir()
+        out = base / ("report" + (f"-{sweep}" if sweep else ""))
+    try:
+        md = write_report(out, sweep=sweep, tracking_uri=uri)
+    except TrackingUnavailable as err:
+        raise click.ClickException(str(err)) from None
+    click.echo(f"report: {md}")
+
 
 if __name__ == "__main__":
     main()
