@@ -57,6 +57,98 @@ def bound_cmd(widths: tuple[int, ...], order: int, as_json: bool) -> None:
 
 # --- permsym sweep / ui / sync -------------------------------------------------------------------
 
+class SpecUsageError(click.ClickException):
+    """A sweep spec that cannot run: one line, exit status 2, nothing started."""
+
+    exit_code = 2
+
+
+@main.command("sweep")
+@click.argument("spec_file", metavar="SPEC.yaml", type=click.Path(dir_okay=False))
+@click.option("--address", default=None, envvar="RAY_ADDRESS", show_envvar=True,
+              help="Join this Ray cluster (default: start a local Ray on all cores).")
+@click.option("--tracking-uri", default=None, envvar="MLFLOW_TRACKING_URI", show_envvar=True,
+              help="MLflow tracking URI (default: sqlite:///<results>/mlflow.db).")
+@click.option("--results", "results_dir", default="./permsym-results", show_default=True,
+              type=click.Path(file_okay=False), help="Folder for the MLflow store, artifacts and Tune state.")
+@click.option("--resume", is_flag=True, help="Restore the interrupted Tune experiment (trials with a FINISHED "
+              "run are never run again, with or without this flag).")
+@click.option("--max-concurrent", default=None, type=click.IntRange(min=1),
+              help="At most this many trials at once (overrides the spec's max_concurrent).")
+@click.option("--quiet", is_flag=True, help="No progress lines, only the summary.")
+def sweep_cmd(spec_file, address, tracking_uri, results_dir, resume, max_concurrent, quiet) -> None:
+    """Run the sweep SPEC.yaml: one MLflow child run per trial, skipping trials already FINISHED."""
+    import sys
+
+    from sweeps.spec import SpecError, load_spec
+
+    try:
+        spec = load_spec(spec_file)            # validated before anything starts
+    except SpecError as e:
+        raise SpecUsageError(str(e)) from None
+    from sweeps.runner import format_summary, run_sweep
+
+    summary = run_sweep(spec, address=address, tracking_uri=tracking_uri, results_dir=results_dir, resume=resume,
+                        progress=not quiet, max_concurrent=max_concurrent)
+    if quiet:
+        click.echo(format_summary(summary))
+    if summary.get("interrupted"):
+        sys.exit(130)
+    sys.exit(1 if summary.get("errored") else 0)
+
+
+@main.command("ui")
+@click.option("--results", "results_dir", default="./permsym-results", show_default=True,
+              type=click.Path(file_okay=False), help="The results folder of a sweep.")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Interface to bind (127.0.0.1: this machine only; widen it explicitly).")
+@click.option("--port", default=5000, show_default=True, type=click.IntRange(1, 65535))
+def ui_cmd(results_dir, host, port) -> None:
+    """Open the MLflow UI on a results folder (mlflow server, background job runner off)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tracking.store import artifact_root, results_uri, server_env
+
+    db = Path(results_dir).resolve() / "mlflow.db"
+    if not db.is_file():
+        raise SpecUsageError(f"--results: expected a folder with mlflow.db (run `permsym sweep` first), got {results_dir}")
+    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", results_uri(results_dir),
+           "--default-artifact-root", artifact_root(results_dir).as_uri(), "--host", host, "--port", str(port)]
+    click.echo(f"MLflow UI on http://{host}:{port} (Ctrl-C to stop)")
+    proc = subprocess.Popen(cmd, env=server_env())
+    try:
+        sys.exit(proc.wait())
+    except KeyboardInterrupt:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        sys.exit(130)
+
+
+@main.command("sync")
+@click.option("--results", "results_dir", default="./permsym-results", show_default=True,
+              type=click.Path(file_okay=False), help="The results folder holding the spool.")
+@click.option("--tracking-uri", default=None, envvar="MLFLOW_TRACKING_URI", show_envvar=True,
+              help="Where to log the spooled records (default: sqlite:///<results>/mlflow.db).")
+def sync_cmd(results_dir, tracking_uri) -> None:
+    """Log the trial records spooled while the tracking server was unreachable."""
+    from tracking import spool
+    from tracking.runs import TrackingUnavailable
+    from tracking.store import results_uri
+
+    uri = tracking_uri or results_uri(results_dir)
+    try:
+        n = spool.sync(results_dir, uri)
+    except TrackingUnavailable as e:
+        raise click.ClickException(str(e)) from None
+    left = len(spool.spooled(results_dir))
+    click.echo(f"logged {n} spooled record(s) to {uri}; {left} left in the spool")
+
+
 # --- permsym results / report --------------------------------------------------------------------
 
 def _tracking_uri_for(results: str | None, tracking_uri: str | None) -> str:
