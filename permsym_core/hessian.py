@@ -267,11 +267,11 @@ def _add_block(H, spec, k, l, B, mode: str = "dense", sym: bool = False) -> None
                 H[cols, rows].view(shape[2:] + shape[:2]).diagonal(dim1=0, dim2=3).add_(Bij.permute(2, 0, 1))
 
 
-def _symmetrise_(H: Tensor, block: int = 256) -> None:
-    """H <- (H + H^T) / 2 in place, tile by tile (no second P x P buffer)."""
+def _symmetrise_(H: Tensor, strip: int = 256) -> None:
+    """H <- (H + H^T) / 2 in place, one strip of rows (and the matching columns) at a time."""
     P = H.shape[0]
-    for r in range(0, P, block):
-        for c in range(r, P, block):
-            avg = 0.5 * (H[r:r + block, c:c + block] + H[c:c + block, r:r + block].T)
-            H[r:r + block, c:c + block] = avg
-            H[c:c + block, r:r + block] = avg.T
+    for r in range(0, P, strip):
+        e = min(P, r + strip)
+        avg = 0.5 * (H[r:e, r:] + H[r:, r:e].T)
+        H[r:e, r:] = avg
+        H[r:, r:e] = avg.T

@@ -1,0 +1,21 @@
+"""The quick Hessian benchmark's correctness checks on its smallest case (no timing is asserted, ever)."""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `benchmarks` is not an installed package
+
+from benchmarks import MODULES  # noqa: E402
+from benchmarks import hessian as bench  # noqa: E402
+
+
+def test_quick_hessian_benchmark_agrees_with_every_autodiff_build():
+    assert "hessian" in MODULES
+    smallest = min(bench.cases(quick=True), key=lambda c: c.spec().n_params)
+    diffs = bench.check_case(smallest)
+    assert set(diffs) >= {"torch.func.hessian", "autograd.functional(vectorize)", "vmap HVP (chunked)"}
+    assert max(diffs.values()) <= 1e-10
+
+
+def test_structured_flop_model_counts_the_gauss_newton_gemm():
+    spec = bench.Case("x", (10, 3, 1)).spec()
+    assert bench.structured_flops(spec, 100) == 2.0 * 100 * 1 * spec.n_params ** 2
