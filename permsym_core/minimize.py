@@ -1,0 +1,340 @@
+"""Certified minimisation: take a network to a critical point with |grad|_inf <= grad_tol (float64).
+
+Pipeline (after MLPGradientFlow.jl's train: a first-order phase, then a second-order polish):
+1. Warm-up: full-batch Adam on the exact gradient (deterministic), keeping the lowest-loss point, stopped
+   early once |grad|_inf <= ADAM_SWITCH_TOL (the second-order finish is faster from there).
+2. Finish, chosen by ``method`` ("auto": "trust-region" while P <= DENSE_MAX_P, else "lbfgs"):
+   - "trust-region": Newton trust region on the exact dense Hessian, the subproblem solved exactly in the
+     Hessian's eigenbasis (indefinite H and the hard case included, so saddles are left downhill). Near the
+     minimum, where predicted decreases fall below the loss's round-off, a step is accepted when it lowers
+     |grad|_inf instead (plain ratio tests stall there).
+   - "trust-exact": scipy.optimize.minimize(method="trust-exact") on the same Hessian (kept to compare).
+   - "lbfgs": scipy L-BFGS-B on the exact gradient (gtol = grad_tol, an infinity norm), restarted while it
+     makes progress.
+``warmup=False`` skips step 1: the finish alone stays near the start (used from merged networks).
+
+Whatever happens, the gradient is recomputed at the returned point with Landscape.loss_grad and
+``converged`` is decided from that measurement alone. Divergence (non-finite loss or gradient, a loss above
+DIVERGE_ABS or above DIVERGE_REL x the initial loss) ends as stop_reason "diverged" with the last good point;
+a wall-time budget ends as "time_limit"; the iteration budget as "max_iter"; a trust region that shrinks to
+nothing or an optimiser that gives up without converging as "stalled". No exception escapes for these.
+Tensors live on the landscape's device (CUDA works); only the scipy methods go through CPU numpy.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .mlp import DTYPE
+
+DENSE_MAX_P = 2000          # exact-Hessian trust region up to this many parameters, L-BFGS beyond
+ADAM_SWITCH_TOL = 1e-4      # the warm-up hands over once |grad|_inf is this small
+DIVERGE_ABS = 1e10
+DIVERGE_REL = 1e6
+STOP_REASONS = ("converged", "max_iter", "time_limit", "diverged", "stalled")
+METHODS = ("auto", "trust-region", "trust-exact", "lbfgs")
+_EPS = np.finfo(np.float64).eps
+
+
+@dataclass
+class MinimiseResult:
+    theta: Tensor
+    loss: float
+    grad_inf: float
+    converged: bool
+    iterations: dict          # {"adam": steps taken, "second_order": second-order iterations}
+    wall_s: float
+    stop_reason: str
+    method: str               # the second-order method used ("none" when it did not run)
+    grad_tol: float = 1e-10
+    info: dict = field(default_factory=dict)
+
+    def to_dict(self, with_theta: bool = True) -> dict:
+        d = {"loss": self.loss, "grad_inf": self.grad_inf, "converged": self.converged,
+             "iterations": dict(self.iterations), "wall_s": self.wall_s, "stop_reason": self.stop_reason,
+             "method": self.method, "grad_tol": self.grad_tol, "info": dict(self.info)}
+        if with_theta:
+            d["theta"] = self.theta.detach().cpu().tolist()
+        return d
+
+
+class _Stop(Exception):
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+class _Run:
+    """Book-keeping of one call: evaluations, the best finite point, divergence and the time budget."""
+
+    def __init__(self, landscape, grad_tol, time_limit_s):
+        self.land = landscape
+        self.tol = grad_tol
+        self.t0 = time.perf_counter()
+        self.deadline = None if time_limit_s is None else self.t0 + float(time_limit_s)
+        self.loss0 = None
+        self.best = None            # (loss, theta) of the lowest finite loss met at an accepted point
+        self.iters = {"adam": 0, "second_order": 0}
+
+    def check_time(self) -> None:
+        if self.deadline is not None and time.perf_counter() > self.deadline:
+            raise _Stop("time_limit")
+
+    def raw(self, theta: Tensor) -> tuple[float, Tensor]:
+        """Loss and gradient, no checks (a trial point may be bad without the run diverging)."""
+        with torch.no_grad():
+            return self.land.loss_grad(theta)
+
+    def accept(self, theta: Tensor, loss: float, g: Tensor) -> float:
+        """Record an accepted iterate; raise _Stop("diverged") when it is non-finite or exploding."""
+        ginf = float(g.abs().max()) if g.numel() else 0.0
+        if not (math.isfinite(loss) and math.isfinite(ginf)):
+            raise _Stop("diverged")
+        if self.loss0 is None:
+            self.loss0 = loss
+        if loss > DIVERGE_ABS or (self.loss0 > 0 and loss > DIVERGE_REL * self.loss0):
+            raise _Stop("diverged")
+        if self.best is None or loss < self.best[0]:
+            self.best = (loss, theta.detach().clone())
+        return ginf
+
+
+# --- warm-up --------------------------------------------------------------------------------------
+
+def _adam(run: _Run, theta: Tensor, steps: int, lr: float) -> Tensor:
+    b1, b2, eps = 0.9, 0.999, 1e-8
+    m = torch.zeros_like(theta)
+    v = torch.zeros_like(theta)
+    for t in range(1, steps + 1):
+        run.check_time()
+        loss, g = run.raw(theta)
+        ginf = run.accept(theta, loss, g)
+        if ginf <= max(ADAM_SWITCH_TOL, run.tol):
+            break
+        m.mul_(b1).add_(g, alpha=1 - b1)
+        v.mul_(b2).addcmul_(g, g, value=1 - b2)
+        step = (m / (1 - b1 ** t)) / ((v / (1 - b2 ** t)).sqrt() + eps)
+        theta = theta - lr * step
+        run.iters["adam"] = t
+    else:
+        loss, g = run.raw(theta)
+        run.accept(theta, loss, g)
+    return run.best[1].clone()
+
+
+# --- trust region on the exact Hessian -------------------------------------------------------------
+
+def _tr_subproblem(lam: np.ndarray, gt: np.ndarray, delta: float) -> tuple[np.ndarray, float]:
+    """argmin over |c| <= delta of gt.c + c.diag(lam).c/2 (eigenbasis coordinates) and the model change."""
+    gnorm = float(np.linalg.norm(gt))
+    scale = max(float(np.abs(lam).max()), 1e-300)
+    lo = max(0.0, -float(lam[0]))
+
+    def step(mu):
+        den = lam + mu
+        with np.errstate(divide="ignore", invalid="ignore"):
+            c = np.where(den > 0, -gt / den, 0.0)
+        return c
+
+    def model(c):
+        return float(gt @ c + 0.5 * (lam * c * c).sum())
+
+    if lam[0] > 0:
+        c = -gt / lam
+        if np.linalg.norm(c) <= delta:
+            return c, model(c)
+    # ||c(mu)|| decreases on (lo, inf); find ||c(mu)|| = delta, or the hard case at mu = lo.
+    mu_a = 0.0 if lam[0] > 0 else lo + max(lo, scale) * 1e-14 + 1e-300
+    c_a = step(mu_a)
+    if lam[0] <= 0 and np.linalg.norm(c_a) < delta:   # hard case: no root above lo; add a lowest-eigenvector component
+        c = step(lo) if lo > 0 else c_a
+        near = lam + lo <= max(lo, scale) * 1e-14
+        rest = float(np.linalg.norm(c[~near]))
+        c[near] = 0.0
+        j = int(np.flatnonzero(near)[0]) if near.any() else 0
+        c[j] = math.sqrt(max(delta ** 2 - rest ** 2, 0.0)) * (-1.0 if gt[j] > 0 else 1.0)
+        return c, model(c)
+    mu_b = lo + gnorm / delta + scale
+    for _ in range(200):                      # bisection in log-space then plain: robust, P-cheap
+        mu = math.sqrt(mu_a * mu_b) if mu_a > 0 and mu_b / mu_a > 4 else 0.5 * (mu_a + mu_b)
+        n = np.linalg.norm(step(mu))
+        if n > delta:
+            mu_a = mu
+        else:
+            mu_b = mu
+        if mu_b - mu_a <= 1e-15 * mu_b:
+            break
+    c = step(mu_b)
+    return c, model(c)
+
+
+def _trust_region(run: _Run, theta: Tensor, max_iter: int) -> tuple[Tensor, str]:
+    loss, g = run.raw(theta)
+    ginf = run.accept(theta, loss, g)
+    if ginf <= run.tol:
+        return theta, "converged"
+    delta = max(1.0, 0.1 * float(theta.norm()))
+    dmax = 1e3 * (1.0 + float(theta.norm()))
+    lam = V = None
+    for it in range(1, max_iter + 1):
+        run.check_time()
+        run.iters["second_order"] = it
+        if lam is None:
+            H = run.land.hessian(theta)
+            if not bool(torch.isfinite(H).all()):
+                raise _Stop("diverged")
+            lam_t, V = torch.linalg.eigh(H)
+            lam = lam_t.cpu().numpy()
+        gt = (V.T @ g).cpu().numpy()
+        c, pred = _tr_subproblem(lam, gt, delta)
+        p = V @ torch.as_tensor(c, dtype=DTYPE, device=V.device)
+        pnorm = float(np.linalg.norm(c))
+        new = theta + p
+        loss_n, g_n = run.raw(new)
+        ginf_n = float(g_n.abs().max())
+        actual = loss_n - loss
+        noise = 1e3 * _EPS * abs(loss) + 1e-300
+        if not (math.isfinite(loss_n) and math.isfinite(ginf_n)):
+            rho = -math.inf
+        elif -pred <= noise:        # below the loss's resolution: judge the step by the gradient
+            rho = 1.0 if (ginf_n < ginf and actual <= noise) else -1.0
+        else:
+            rho = actual / pred
+        if rho < 0.25:
+            delta = 0.25 * pnorm
+        elif rho > 0.75 and pnorm >= 0.99 * delta:
+            delta = min(2.0 * delta, dmax)
+        if rho > 1e-4:
+            theta, loss, g = new, loss_n, g_n
+            ginf = run.accept(theta, loss, g)
+            lam = None
+            if ginf <= run.tol:
+                return theta, "converged"
+        if delta <= 1e-15 * (1.0 + float(theta.norm())):
+            return theta, "stalled"
+    return theta, "max_iter"
+
+
+# --- scipy methods ------------------------------------------------------------------------------
+
+def _scipy(run: _Run, theta: Tensor, max_iter: int, method: str) -> tuple[Tensor, str]:
+    from scipy.optimize import minimize
+
+    dev = theta.device
+    to_t = lambda x: torch.as_tensor(np.asarray(x, dtype=np.float64), device=dev)  # noqa: E731
+    state = {"stop": None}
+
+    def fun(x):
+        loss, g = run.raw(to_t(x))
+        g = g.cpu().numpy()
+        if not (math.isfinite(loss) and np.isfinite(g).all()):
+            return math.inf if method != "lbfgs" else 1e300, np.zeros_like(g)
+        return loss, g
+
+    def hess(x):
+        return run.land.hessian(to_t(x)).cpu().numpy()
+
+    def callback(intermediate_result):
+        x = to_t(intermediate_result.x)
+        run.iters["second_order"] += 1
+        loss, g = run.raw(x)
+        ginf = run.accept(x, loss, g)
+        state["x"] = x
+        if ginf <= run.tol:
+            state["stop"] = "converged"
+            raise StopIteration
+        if run.deadline is not None and time.perf_counter() > run.deadline:
+            state["stop"] = "time_limit"
+            raise StopIteration
+
+    x = theta
+    reason = "max_iter"
+    for _restart in range(20 if method == "lbfgs" else 1):
+        left = max_iter - run.iters["second_order"]
+        if left <= 0:
+            return x, "max_iter"
+        state["x"] = x
+        if method == "lbfgs":
+            res = minimize(fun, x.cpu().numpy(), jac=True, method="L-BFGS-B", callback=callback,
+                           options={"maxiter": left, "maxfun": 50 * left, "gtol": run.tol, "ftol": 0.0,
+                                    "maxcor": 30})
+        else:
+            res = minimize(fun, x.cpu().numpy(), jac=True, hess=hess, method="trust-exact", callback=callback,
+                           options={"maxiter": left, "gtol": run.tol})
+        if state["stop"] is not None:
+            return state["x"], state["stop"]
+        x_new = to_t(res.x)
+        loss, g = run.raw(x_new)
+        ginf = run.accept(x_new, loss, g)
+        if ginf <= run.tol:
+            return x_new, "converged"
+        if res.nit == 0 or (method == "lbfgs" and run.iters["second_order"] >= max_iter):
+            reason = "max_iter" if run.iters["second_order"] >= max_iter else "stalled"
+            return x_new, reason
+        x = x_new
+        reason = "max_iter" if res.nit >= left else "stalled"
+    return x, reason
+
+
+# --- entry point ----------------------------------------------------------------------------------
+
+def minimise(landscape, theta0, *, grad_tol: float = 1e-10, max_iter: int = 2000, adam_steps: int = 3000,
+             lr: float = 0.05, time_limit_s: float | None = None, seed: int = 0, method: str = "auto",
+             warmup: bool = True) -> MinimiseResult:
+    """Minimise `landscape` from theta0 to |grad|_inf <= grad_tol; see the module docstring.
+
+    `seed` is recorded for reproducibility (the pipeline itself draws no random numbers)."""
+    if method not in METHODS:
+        raise ValueError(f"method: expected one of {', '.join(METHODS)}, got {method!r}")
+    run = _Run(landscape, float(grad_tol), time_limit_s)
+    theta = landscape.as_theta(theta0).detach().clone()
+    P = theta.numel()
+    used = "trust-region" if method == "auto" and P <= DENSE_MAX_P else ("lbfgs" if method == "auto" else method)
+    ran = "none"
+    reason = "max_iter"
+    run_info_error = None
+    try:
+        loss, g = run.raw(theta)
+        if run.accept(theta, loss, g) <= run.tol:
+            reason = "converged"
+        else:
+            if warmup and adam_steps > 0:
+                theta = _adam(run, theta, adam_steps, lr)
+            if max_iter > 0:
+                ran = used
+                if used == "trust-region":
+                    theta, reason = _trust_region(run, theta, max_iter)
+                else:
+                    theta, reason = _scipy(run, theta, max_iter, used)
+    except _Stop as stop:
+        reason = stop.reason
+        if run.best is not None:
+            theta = run.best[1]
+    except (RuntimeError, np.linalg.LinAlgError, ValueError) as exc:   # e.g. eigh failing on a bad matrix
+        reason = "stalled" if run.best is not None else "diverged"
+        theta = run.best[1] if run.best is not None else theta
+        run_info_error = f"{type(exc).__name__}: {exc}".splitlines()[0]
+    # The verdict: measured at the returned point, nothing else.
+    loss, g = run.raw(theta)
+    ginf = float(g.abs().max()) if g.numel() else 0.0
+    ok = math.isfinite(loss) and math.isfinite(ginf)
+    converged = ok and ginf <= grad_tol and reason != "diverged"
+    if converged:
+        reason = "converged"
+    elif reason == "converged":
+        reason = "stalled"
+    info = {"n_params": P, "lr": lr, "adam_steps": adam_steps, "warmup": warmup, "seed": seed,
+            "time_limit_s": time_limit_s, "max_iter": max_iter}
+    if run_info_error:
+        info["error"] = run_info_error
+    return MinimiseResult(theta=theta, loss=float(loss), grad_inf=ginf, converged=converged,
+                          iterations=dict(run.iters), wall_s=time.perf_counter() - run.t0, stop_reason=reason,
+                          method=ran, grad_tol=float(grad_tol), info=info)
+
+
+minimize = minimise

@@ -1,0 +1,117 @@
+"""The certified minimiser: reaches |grad|_inf <= 1e-10 and says so only when it measured it."""
+import pytest
+import torch
+
+from permsym_core.landscape import Landscape
+from permsym_core.minimize import minimise
+from permsym_core.mlp import MLPSpec
+from permsym_core.tasks import make_task
+
+TOL = 1e-10
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """The machine is shared: one BLAS thread avoids oversubscription."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def toy():
+    return make_task("toy")
+
+
+def _toy_land(toy, n, device="cpu"):
+    spec = MLPSpec((2, n, 1), "sigmoid", False)
+    return spec, Landscape(spec, toy.X, toy.Y, device=device)
+
+
+def _measured(land, theta):
+    loss, g = land.loss_grad(theta)
+    return loss, float(g.abs().max())
+
+
+@pytest.mark.parametrize("n", [3, 4, 5])
+def test_toy_reaches_tolerance(toy, n):
+    spec, land = _toy_land(toy, n)
+    r = minimise(land, spec.init(0), time_limit_s=60)
+    loss, ginf = _measured(land, r.theta)
+    assert r.converged and r.stop_reason == "converged" and r.method == "trust-region"
+    assert ginf <= TOL and r.grad_inf == ginf and r.loss == loss
+    assert r.iterations["second_order"] >= 1 and r.wall_s > 0
+    d = r.to_dict()
+    assert len(d["theta"]) == spec.n_params and d["converged"] is True
+
+
+def test_deterministic_for_a_seed(toy):
+    spec, land = _toy_land(toy, 4)
+    a = minimise(land, spec.init(0), seed=0)
+    b = minimise(land, spec.init(0), seed=0)
+    assert torch.equal(a.theta, b.theta) and a.iterations == b.iterations
+
+
+def test_two_hidden_layer_teacher():
+    task = make_task("teacher", seed=2, widths=[3, 3], teacher_activation="tanh", n_samples=200)
+    spec = MLPSpec((2, 3, 3, 1), "tanh", True)
+    land = Landscape(spec, task.X, task.Y, device="cpu")
+    r = minimise(land, spec.init(2), time_limit_s=60)
+    assert r.converged and _measured(land, r.theta)[1] <= TOL
+
+
+def test_lbfgs_finish_is_honest(toy):
+    spec, land = _toy_land(toy, 3)
+    r = minimise(land, spec.init(0), method="lbfgs", max_iter=3000, time_limit_s=30)
+    ginf = _measured(land, r.theta)[1]
+    assert r.method == "lbfgs" and r.converged == (ginf <= TOL) and r.grad_inf == ginf
+
+
+@pytest.mark.parametrize("kw", [{"lr": 1e6}, {"scale": 1e6}])
+def test_divergence_is_a_stop_reason(toy, kw):
+    spec, land = _toy_land(toy, 4)
+    r = minimise(land, spec.init(0, kw.get("scale", 1.0)), lr=kw.get("lr", 0.05))
+    assert r.stop_reason == "diverged" and not r.converged
+
+
+def test_nan_start_diverges(toy):
+    spec, land = _toy_land(toy, 4)
+    theta = spec.init(0)
+    theta[0] = float("nan")
+    r = minimise(land, theta)
+    assert r.stop_reason == "diverged" and not r.converged
+
+
+def test_tiny_budgets_do_not_claim_success(toy):
+    spec, land = _toy_land(toy, 4)
+    r = minimise(land, spec.init(0), time_limit_s=1e-3)
+    assert r.stop_reason == "time_limit" and not r.converged and r.grad_inf > TOL
+    r = minimise(land, spec.init(0), adam_steps=5, max_iter=2)
+    assert r.stop_reason == "max_iter" and not r.converged and r.iterations == {"adam": 5, "second_order": 2}
+    assert r.grad_inf == _measured(land, r.theta)[1] > TOL
+
+
+def test_critical_start_returns_at_once(toy):
+    spec, land = _toy_land(toy, 3)
+    r0 = minimise(land, spec.init(0))
+    r = minimise(land, r0.theta)
+    assert r.converged and r.iterations == {"adam": 0, "second_order": 0} and torch.equal(r.theta, r0.theta)
+
+
+def test_polish_without_warmup_stays_near(toy):
+    """warmup=False from a point near a minimum: no Adam, lands on the same minimum."""
+    spec, land = _toy_land(toy, 4)
+    r0 = minimise(land, spec.init(0))
+    start = r0.theta + 1e-4 * torch.randn(spec.n_params, generator=torch.Generator().manual_seed(1),
+                                         dtype=torch.float64)
+    r = minimise(land, start, warmup=False)
+    assert r.converged and r.iterations["adam"] == 0
+    assert float((r.theta - r0.theta).abs().max()) <= 1e-3
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda(toy):
+    spec, land = _toy_land(toy, 4, device="cuda")
+    r = minimise(land, spec.init(0).cuda())
+    assert r.converged and r.theta.device.type == "cuda" and _measured(land, r.theta)[1] <= TOL
