@@ -1,4 +1,6 @@
 # The two commands of a fresh machine: `make demo` (default sweep) and `make test` (the test suite).
+export OMP_WAIT_POLICY ?= PASSIVE
+export RAY_USAGE_STATS_ENABLED ?= 0
 PY := .venv/bin/python
 STAMP := .venv/.installed
 
