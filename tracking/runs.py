@@ -262,6 +262,20 @@ def points_frame(record: dict):
     return pd.DataFrame(rows)
 
 
+def points_table_json(record: dict) -> str:
+    """The per-point table in MLflow's table format (pandas "split" orient without index), written with
+    json.dumps so floats keep every digit (log_table's to_json keeps 10 significant digits) and NaN is null."""
+    df = points_frame(record)
+
+    def clean(v):
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        return v
+
+    data = [[clean(v) for v in row] for row in df.astype(object).itertuples(index=False, name=None)]
+    return json.dumps({"columns": list(df.columns), "data": data}, default=str)
+
+
 def run_name_for(config: dict, attempt: int | None = None) -> str:
     w = "x".join(str(x) for x in config.get("widths") or [])
     name = f"{config.get('task', 'trial')}-w{w}-{config.get('activation', '')}-s{config.get('seed', '')}"
@@ -366,6 +380,9 @@ def finish_trial_run(tracking_uri: str, run_id: str, record: Any, *, figures: bo
     reason = failure_reason(record)
     if reason:
         tags.append(RunTag("failure_reason", reason))
+    if conv and record.get("points"):
+        # what MlflowClient.log_table records, so that mlflow.load_table and the UI find the table
+        tags.append(RunTag("mlflow.loggedArtifacts", json.dumps([{"path": POINTS_ARTIFACT, "type": "table"}])))
     with _guard(tracking_uri):
         c = client(tracking_uri)
         c.log_batch(run_id, metrics=metrics, tags=tags)
@@ -378,9 +395,9 @@ def finish_trial_run(tracking_uri: str, run_id: str, record: Any, *, figures: bo
 
                 for name, fig in trial_figures(record).items():
                     save_png(fig, tmp / name)
+            if conv and record.get("points"):
+                (tmp / POINTS_ARTIFACT).write_text(points_table_json(record))
             c.log_artifacts(run_id, str(tmp))
-        if conv and record.get("points"):
-            c.log_table(run_id, points_frame(record), POINTS_ARTIFACT)
         c.set_terminated(run_id, "FINISHED")
 
 
@@ -401,12 +418,12 @@ def close_orphans(tracking_uri: str, experiment_id: str, sweep_name: str) -> lis
 
 
 def log_trial(tracking_uri: str, experiment_id: str, parent_run_id: str, sweep_name: str, trial_key: str,
-              record: Any, attempt: int = 1) -> str:
+              record: Any, attempt: int = 1, *, figures: bool = True) -> str:
     """start_trial_run + finish_trial_run in one call (for a record already computed). Returns the run id."""
     record = as_record(record)
     run_id = start_trial_run(tracking_uri, experiment_id, parent_run_id, sweep_name, trial_key,
                              record.get("config") or {}, attempt)
-    finish_trial_run(tracking_uri, run_id, record)
+    finish_trial_run(tracking_uri, run_id, record, figures=figures)
     return run_id
 
 
