@@ -81,22 +81,36 @@ def gamma_line_figure(record: dict, max_lines: int = 6) -> Figure | None:
     if not scans:
         return None
     scans = scans[:max_lines]
-    fig = new_figure(7.5, 3.2)
+    fig = new_figure(9.5, 3.4)
     ax1, ax2 = fig.subplots(1, 2, sharex=True)
+    fa_labelled = False
+    n = len(scans)
     for i, s in enumerate(scans):
         g = np.asarray(s["gammas"], dtype=float)
         label = f"L{s.get('layer')} red{s.get('reduced_id')} n{s.get('neuron')}"
-        off = 0.04 * (i - (len(scans) - 1) / 2)         # small offsets so equal step lines stay visible
-        ax1.step(g, np.asarray(s["index"], dtype=float) + off, where="mid", label=label)
-        ax2.step(g, np.asarray(s["n_zero"], dtype=float) + off, where="mid", label=label)
-    for ax, name in ((ax1, "index (# eigenvalues < -tau)"), (ax2, "n_zero (# |eigenvalue| <= tau)")):
+        off = 0.06 * (i - (n - 1) / 2)          # small offsets so that equal lines stay visible
+        line = ax1.plot(g, np.asarray(s["index"], dtype=float) + off, marker="o", ms=3, lw=1, label=label)[0]
+        ax2.plot(g, np.asarray(s["n_zero"], dtype=float) + off, marker="o", ms=3, lw=1, color=line.get_color(),
+                 label=label)
+        fa = s.get("fa_index")
+        if fa is not None and len(fa) == len(g):
+            fa_v = np.array([np.nan if v is None else float(v) for v in fa])
+            ax1.plot(g, fa_v + off, ls="none", marker="x", ms=6, color="k", alpha=0.6,
+                     label=None if fa_labelled else "Fukumizu-Amari prediction")
+            fa_labelled = True
+    for ax, name, key in ((ax1, "index (# eigenvalues < -tau)", "index"),
+                          (ax2, "n_zero (# |eigenvalue| <= tau)", "n_zero")):
+        vals = [v for s in scans for v in s[key] if v is not None]
+        lo, hi = (min(vals), max(vals)) if vals else (0, 1)
+        ax.set_ylim(lo - 0.5, hi + 0.5)
+        ax.set_yticks(range(int(lo), int(hi) + 1))
         ax.axvspan(0, 1, color="0.92", zorder=0)
         ax.axvline(0.5, color="k", ls=":", lw=0.8)
         ax.set_xlabel("gamma (outgoing split gamma : 1-gamma)")
         ax.set_ylabel(name)
-        ax.yaxis.get_major_locator().set_params(integer=True)
         ax.grid(alpha=0.3)
-    ax2.legend(fontsize=7, loc="best")
+    handles, labels = ax1.get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=7, loc="outside right upper")
     fig.suptitle("gamma-line: shaded 0 < gamma < 1, dotted: the permutation point gamma = 1/2", fontsize=9)
     return fig
 

@@ -79,9 +79,16 @@ def counts_vs_width_figure(summ: pd.DataFrame):
             ax.set_xlabel("hidden width (max over layers)")
             ax.set_ylabel("log10 count (x multiplicity, seed mean)")
             ax.xaxis.get_major_locator().set_params(integer=True)
+            if not sub.empty:
+                ax.set_xlim(sub["x"].min() - 0.5, sub["x"].max() + 0.5)
+                ys = sub[["bound", "saddle", "first_order"]].to_numpy(dtype=float)
+                ys = ys[np.isfinite(ys)]
+                if ys.size:
+                    pad = max(0.25, 0.1 * (ys.max() - ys.min()))
+                    ax.set_ylim(ys.min() - pad, ys.max() + 2.5 * pad)      # room for the legend
             ax.grid(alpha=0.3)
             if not sub.empty:
-                ax.legend(fontsize=7, loc="upper left")
+                ax.legend(fontsize=7, loc="upper left", ncol=2 if len(groups) > 2 else 1)
     fig.suptitle("Permutation saddles found vs the lower bound (log10, summed over hidden layers)", fontsize=11)
     return fig
 
@@ -110,6 +117,7 @@ def index_hist_figure(pts: pd.DataFrame):
         ax.set_xticks(bins)
         ax.set_xlabel("Hessian index (# eigenvalues < -tau)")
         ax.set_ylabel("critical permutation points")
+        ax.yaxis.get_major_locator().set_params(integer=True)
         ax.set_title(f"hidden layer {layer}", fontsize=10)
         ax.grid(alpha=0.3, axis="y")
         ax.legend(fontsize=8)
