@@ -25,15 +25,18 @@ NOTES = """\
 is the fastest autodiff build that ran for that case (`best autodiff`, any of the four), or the paper's
 baseline where named. `agreement` is max |H - H_structured| / max |H_structured| (over the columns computed
 when a build was timed on a block of columns). A baseline predicted (from its time at the previous size,
-scaled as P^2 N) to exceed the run's per-build budget is skipped, except the chunked HVP build, which is then
-timed on a whole number of its vmap chunks of columns and scaled to P columns: its work is the same for every
-column, so this is a measurement of its rate, not a guess. OOM: the memory estimate exceeds half of the free
+scaled as P^2 N) to exceed the run's per-build budget is skipped, except the chunked HVP build and the
+loop, which are then timed on a block of columns and scaled to P columns (a whole number of vmap chunks for the HVP build;
+rows of the gradient's Jacobian, one double backward each, for the loop): their work is the same for every
+column, so this measures their rate rather than guessing it. OOM: the memory estimate exceeds half of the free
 memory (the builds are not attempted). The GEMM row is one 4000 x 4000 float64 matmul; `structured` rows give
 their GFLOP/s (flops of the GEMM-shaped work: 2 N o P^2 for Gauss-Newton plus the dense residual blocks) and
 the fraction of that peak. Scaling cases: softplus, 10 inputs, 1 output, biases, Gaussian inputs, N = 1000,
 2 threads. Toy cases (the paper's sizes): softplus, 2 inputs, k hidden units, biases, 1 output, N = 1000
 inputs uniform on [-5, 5]^2, every method on 1 thread, as in MLPGradientFlow.jl's comparison against the
-single-threaded, non-vectorised torch.autograd.functional.hessian."""
+single-threaded, non-vectorised torch.autograd.functional.hessian. On a shared machine the GEMM peak and each
+build are timed minutes apart under varying load: read fractions of peak (even above 100 %) with the load
+average given above."""
 
 BEST = "best autodiff"
 PAPER = "autograd.functional (loop)"
@@ -94,6 +97,17 @@ def vmap_hvp_columns(L, theta, n_cols: int, chunk: int) -> torch.Tensor:
     g = grad(loss_fn(L))
     eye = torch.eye(theta.numel(), dtype=DTYPE, device=theta.device)[:n_cols]
     return vmap(lambda v: jvp(g, (theta,), (v,))[1], chunk_size=chunk)(eye).T
+
+
+def autograd_loop_columns(L, theta, n_cols: int, _chunk: int = 1) -> torch.Tensor:
+    """The first n_cols rows of H, as the non-vectorised autograd.functional.hessian computes them (one
+    double backward of the create_graph gradient per row), returned as columns (H is symmetric)."""
+    x = theta.detach().requires_grad_(True)
+    (g,) = torch.autograd.grad(loss_fn(L)(x), x, create_graph=True)
+    return torch.stack([torch.autograd.grad(g[i], x, retain_graph=True)[0] for i in range(n_cols)], 1)
+
+
+SAMPLED = {VMAP: vmap_hvp_columns, PAPER: autograd_loop_columns}  # builds whose cost is linear in the slices
 
 
 def methods(case: Case) -> list[tuple[str, object, float]]:
@@ -162,8 +176,8 @@ def run_case(case: Case, history: dict, budget_s: float) -> list[dict]:
     """Rows for one case: structured, each baseline (or why it was skipped), ratios against the best autodiff.
 
     history maps (family, method) to the last (P, N, seconds) measured. A baseline whose time extrapolated
-    as P^2 N from there exceeds budget_s is skipped, except the chunked HVP build, which is then timed on a
-    block of its columns (its cost is linear in the number of columns) and scaled to all P columns."""
+    as P^2 N from there exceeds budget_s is skipped, except the builds in SAMPLED, which are then timed on a
+    block of columns (their cost is linear in the number of columns) and scaled to all P columns."""
     torch.set_num_threads(case.threads)
     L, theta = make_landscape(case)
     P = L.n_params
@@ -181,15 +195,15 @@ def run_case(case: Case, history: dict, budget_s: float) -> list[dict]:
         if (family, name) in history:
             P0, N0, t0 = history[(family, name)]
             est = t0 * (P / P0) ** 2 * (case.N / N0)
-        if est is not None and est > budget_s and name == VMAP:
-            chunk = hvp_chunk(case)[0]
-            n_cols = min(P, chunk * max(1, round(P * 0.5 * budget_s / est / chunk)))
-            t, cols = timed(vmap_hvp_columns, L, theta, n_cols, chunk, max_repeats=1)
-            t *= P / n_cols
+        if est is not None and est > budget_s and name in SAMPLED:
+            step = hvp_chunk(case)[0] if name == VMAP else 1
+            n = min(P, step * max(1, round(P * 0.5 * budget_s / est / step)))
+            t, part = timed(SAMPLED[name], L, theta, n, step, max_repeats=1)
+            t *= P / n
             history[(family, name)] = (P, case.N, t)
             times[name] = t
-            rows.append(dict(base, method=name, seconds=t, agreement=rel_diff(cols, H[:, :n_cols]),
-                             note=f"timed on {n_cols} of {P} columns, scaled x{P / n_cols:.1f}"))
+            rows.append(dict(base, method=name, seconds=t, agreement=rel_diff(part, H[:, :n]),
+                             note=f"timed on {n} of {P} columns, scaled x{P / n:.1f}"))
             continue
         if est is not None and est > budget_s:
             rows.append(dict(base, method=name, note=f"skipped: est. {est:.0f} s > budget {budget_s:.0f} s"))
@@ -221,6 +235,7 @@ def warm_up() -> None:
     for _name, build, _need in methods(case):
         build(L, theta)
     vmap_hvp_columns(L, theta, 4, 2)
+    autograd_loop_columns(L, theta, 4)
 
 
 def run(quick: bool = False) -> list[dict]:

@@ -29,3 +29,10 @@ def test_column_block_of_the_hvp_build_matches():
 def test_structured_flop_model_counts_the_gauss_newton_gemm():
     spec = bench.Case("x", (10, 3, 1)).spec()
     assert bench.structured_flops(spec, 100) == 2.0 * 100 * 1 * spec.n_params ** 2
+
+
+def test_row_block_of_the_loop_build_matches():
+    case = min(bench.cases(quick=True), key=lambda c: c.spec().n_params)
+    L, theta = bench.make_landscape(case)
+    H = bench.structured_hessian(L, theta)
+    assert bench.rel_diff(bench.autograd_loop_columns(L, theta, 5), H[:, :5]) <= 1e-10
