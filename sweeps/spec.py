@@ -279,7 +279,7 @@ def parse_yaml(text: str, source: str = "<spec>") -> Any:
         tag = ""
         m = re.search(r"tag '([^']+)'", str(e.problem or ""))
         if m:
-            tag = f" {m.group(1)}"
+            tag = " " + m.group(1).replace("tag:yaml.org,2002:", "!!")
         raise SpecError(f"{source}: YAML tag{tag} not allowed{where}; expected plain YAML "
                         f"(mappings, lists, strings, numbers)") from None
     except yaml.YAMLError as e:
