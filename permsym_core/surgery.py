@@ -112,16 +112,18 @@ def merge(spec: MLPSpec, theta: Tensor, layer: int, pairs: Sequence[tuple[int, i
     return red_spec, red, merged_at
 
 
-def duplicate(spec: MLPSpec, theta: Tensor, layer: int, neurons: Sequence[int], gamma: float = 0.5
-              ) -> tuple[MLPSpec, Tensor]:
+def duplicate(spec: MLPSpec, theta: Tensor, layer: int, neurons: Sequence[int],
+              gamma: float | Sequence[float] = 0.5) -> tuple[MLPSpec, Tensor]:
     """Duplicate each listed neuron of layer k: the copy goes right after it, both share the incoming vector,
-    the outgoing vector is split gamma : (1 - gamma). gamma = 1/2 gives a permutation point."""
+    the outgoing vector is split gamma : (1 - gamma) (one gamma for all, or one per listed neuron).
+    gamma = 1/2 gives a permutation point."""
+    gammas = [float(gamma)] * len(neurons) if isinstance(gamma, (int, float)) else [float(g) for g in gamma]
+    split = dict(zip(neurons, gammas))
     sources, factors = [], []
-    dup = set(neurons)
     for m in range(spec.widths[layer]):
-        if m in dup:
+        if m in split:
             sources += [m, m]
-            factors += [gamma, 1.0 - gamma]
+            factors += [split[m], 1.0 - split[m]]
         else:
             sources.append(m)
             factors.append(1.0)

@@ -1,10 +1,27 @@
 """The `permsym` command line: bound, trial, sweep, ui, results, report, sync."""
 from __future__ import annotations
 
+import sys
+
 import click
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class OneLineErrors(click.Group):
+    """A click group whose errors print as one line, `error: <message>`, with exit status 2 for bad usage."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.ClickException as err:
+            click.echo(f"error: {err.format_message()}", err=True)
+            sys.exit(err.exit_code)
+        except click.exceptions.Abort:
+            click.echo("error: aborted", err=True)
+            sys.exit(1)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+@click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """Study the permutation points of trained MLPs (Brea, Simsek, Illing and Gerstner 2019)."""
 
@@ -54,6 +71,71 @@ def bound_cmd(widths: tuple[int, ...], order: int, as_json: bool) -> None:
 
 
 # --- permsym trial -------------------------------------------------------------------------------
+
+def _parse_task_options(ctx, param, values) -> dict:
+    import yaml
+
+    out = {}
+    for item in values:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"expected KEY=VALUE, got {item!r}")
+        out[key] = yaml.safe_load(raw)
+    return out
+
+
+@main.command("trial")
+@click.option("--task", default="toy", show_default=True, help="toy, teacher or mnist.")
+@click.option("--widths", default="4", show_default=True, callback=_parse_widths,
+              help="Student hidden widths, comma-separated (e.g. 4 or 5,3).")
+@click.option("--activation", default="sigmoid", show_default=True,
+              help="sigmoid, tanh, softplus, gelu or g.")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0))
+@click.option("--orders", default="1", show_default=True, help="Orders K, comma-separated (e.g. 1,2).")
+@click.option("--pairs", default="all", show_default=True, help="Pairs to merge: all, nearest or random:N.")
+@click.option("--bias/--no-bias", default=None, help="Biases in every layer (default: the task's).")
+@click.option("--task-option", "task_options", multiple=True, callback=_parse_task_options,
+              metavar="KEY=VALUE", help="A task option, e.g. n_samples=500 (repeatable).")
+@click.option("--grad-tol", default=1e-10, show_default=True, type=click.FloatRange(min=0, min_open=True))
+@click.option("--adam-steps", default=3000, show_default=True, type=click.IntRange(min=0))
+@click.option("--max-iter", default=2000, show_default=True, type=click.IntRange(min=0))
+@click.option("--time-limit", default=None, type=click.FloatRange(min=0, min_open=True),
+              help="Wall-time budget of each minimisation, seconds.")
+@click.option("--gamma-scan/--no-gamma-scan", default=None, help="Scan the gamma-line (default: single-output).")
+@click.option("--path-relax/--no-path-relax", default=True, show_default=True,
+              help="Relax the path into a minimum-energy path (nudged elastic band).")
+@click.option("--save-params", is_flag=True, help="Include every point's parameters (JSON layout).")
+@click.option("--json", "as_json", is_flag=True, help="Print the trial record as JSON.")
+def trial_cmd(task, widths, activation, seed, orders, pairs, bias, task_options, grad_tol, adam_steps,
+              max_iter, time_limit, gamma_scan, path_relax, save_params, as_json) -> None:
+    """Run one trial: train, build the permutation points, measure their Hessians, count."""
+    import json
+
+    from permsym_core.config import ConfigError, TrialConfig
+
+    try:
+        order_list = tuple(int(k) for k in orders.split(","))
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers such as 1,2, got {orders!r}",
+                                 param_hint="'--orders'") from None
+    try:
+        cfg = TrialConfig(task=task, widths=widths, activation=activation, seed=seed, bias=bias,
+                          task_options=task_options, orders=order_list, pairs=pairs, grad_tol=grad_tol,
+                          max_iter=max_iter, adam_steps=adam_steps, time_limit_s=time_limit,
+                          gamma_scan=gamma_scan, path_relax=path_relax, save_params=save_params)
+        from permsym_core.study import run_trial
+
+        record = run_trial(cfg)
+    except (ConfigError, ValueError) as err:
+        raise click.UsageError(str(err)) from None
+    if as_json:
+        click.echo(json.dumps(record))
+    else:
+        from permsym_core.report_text import format_record
+
+        click.echo(format_record(record))
+    if record.get("failure"):
+        click.echo(f"trial did not converge: {record['failure']}", err=True)
 
 # --- permsym sweep / ui / sync -------------------------------------------------------------------
 

@@ -1,0 +1,156 @@
+"""Equal-loss paths between partner minima: theta* -> permutation point -> P_ij theta*.
+
+The first half runs from the trained network theta* to the permutation point built by merging its neurons
+i and j (the merged neuron duplicated back into slots i and j). It starts as a straight line and is relaxed
+into a minimum-energy path by the simplified string method (preconditioned, both ends fixed). The second half is its mirror image under the exchange of i and j, so the whole path is
+symmetric and ends at the partner minimum.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from . import surgery
+from .landscape import Landscape
+
+
+def _tangents(images: Tensor, energies: Tensor) -> Tensor:
+    """Improved (energy-weighted upwind) tangents of the interior images, normalised."""
+    fwd = images[2:] - images[1:-1]
+    bwd = images[1:-1] - images[:-2]
+    e_prev, e, e_next = energies[:-2], energies[1:-1], energies[2:]
+    up = (e_next > e) & (e > e_prev)
+    down = (e_next < e) & (e < e_prev)
+    dmax = torch.maximum((e_next - e).abs(), (e_prev - e).abs())
+    dmin = torch.minimum((e_next - e).abs(), (e_prev - e).abs())
+    mixed = torch.where((e_next > e_prev)[:, None], fwd * dmax[:, None] + bwd * dmin[:, None],
+                        fwd * dmin[:, None] + bwd * dmax[:, None])
+    tau = torch.where(up[:, None], fwd, torch.where(down[:, None], bwd, mixed))
+    return tau / tau.norm(dim=1, keepdim=True).clamp_min(1e-300)
+
+
+def _batched_loss_grad(landscape: Landscape):
+    """images (M, P) -> (losses (M,), grads (M, P)) in one vectorised pass (torch.func.vmap)."""
+    from torch.func import grad_and_value, vmap
+
+    from .autodiff import loss_fn
+
+    f = vmap(grad_and_value(loss_fn(landscape)))
+
+    def evaluate(images: Tensor) -> tuple[Tensor, Tensor]:
+        grads, losses = f(images)
+        return losses, grads
+
+    return evaluate
+
+
+def _preconditioner(landscape: Landscape, theta: Tensor, local_max_P: int = 400):
+    """(images, g) -> M^{-1} g per image. For P <= local_max_P, M = |H(image)| + 1e-8 lambda_max I (absolute
+    eigenvalues, as in saddle-free Newton); up to P = 4000, M = |H(theta*)| + 1e-6 lambda_max I for every
+    image (the preconditioned NEB of Makri, Ortner and Kermode 2019); beyond, 1/lambda_max."""
+    from .hessian import dense_fits
+
+    P = theta.numel()
+
+    def solve(H: Tensor, g: Tensor, rel_shift: float) -> Tensor:
+        eigs, vecs = torch.linalg.eigh(H)
+        scale = eigs.abs() + rel_shift * float(eigs.abs().max())
+        return (g @ vecs) / scale @ vecs.T
+
+    if P <= local_max_P:
+        return lambda images, g: torch.stack([solve(landscape.hessian(x), gi, 1e-8) for x, gi in zip(images, g)])
+    if P <= 4000 and dense_fits(P, theta.device):
+        H0 = landscape.hessian(theta)
+        return lambda images, g: solve(H0, g, 1e-6)
+    lam_max = max(_lambda_max(landscape, theta), 1e-12)
+    return lambda images, g: g / lam_max
+
+
+def _reparametrise(images: Tensor) -> Tensor:
+    """The same polyline with its images at equal arc length (ends fixed)."""
+    seg = (images[1:] - images[:-1]).norm(dim=1)
+    s = torch.cat([seg.new_zeros(1), seg.cumsum(0)])
+    if float(s[-1]) == 0.0:
+        return images
+    target = torch.linspace(0, float(s[-1]), images.shape[0], dtype=images.dtype, device=images.device)
+    idx = torch.searchsorted(s, target).clamp(1, images.shape[0] - 1)
+    w = ((target - s[idx - 1]) / (s[idx] - s[idx - 1]).clamp_min(1e-300))[:, None]
+    out = (1 - w) * images[idx - 1] + w * images[idx]
+    out[0], out[-1] = images[0], images[-1]
+    return out
+
+
+def string_path(landscape: Landscape, start: Tensor, end: Tensor, n_images: int = 21, iters: int = 60
+                ) -> tuple[Tensor, Tensor, dict]:
+    """Relax the straight line start -> end (both fixed) into a minimum-energy path by the simplified string
+    method (E, Ren and Vanden-Eijnden 2007): a preconditioned descent step of every interior image, kept only
+    when it lowers the summed loss (a trust radius shrinks otherwise), then reparametrisation to equal arc
+    length. Returns (images, losses, info): info has the iterations, whether it stopped for want of a descent
+    step (stalled), and the largest gradient component perpendicular to the path that remains (the
+    discretisation error of reparametrising a curved path with n_images images)."""
+    ts = torch.linspace(0, 1, n_images, dtype=start.dtype, device=start.device)[:, None]
+    images = (1 - ts) * start + ts * end
+    evaluate = _batched_loss_grad(landscape)
+    precond = _preconditioner(landscape, start)
+    losses, grads = evaluate(images)
+    spacing = float((end - start).norm()) / (n_images - 1)
+    radius = 0.5 * spacing
+    it = 0
+    for it in range(1, iters + 1):
+        if radius < 1e-10 * spacing:
+            break                                   # no descent step left: relaxed as far as 21 images allow
+        step = precond(images[1:-1], grads[1:-1])
+        step = step * (radius / step.norm(dim=1, keepdim=True).clamp_min(radius))
+        trial = images.clone()
+        trial[1:-1] = images[1:-1] - step
+        new_losses, _ = evaluate(trial)
+        if not bool(torch.isfinite(new_losses).all()) or float(new_losses[1:-1].sum()) > float(losses[1:-1].sum()):
+            radius *= 0.5
+            continue
+        radius = min(1.5 * radius, spacing)
+        images = _reparametrise(trial)
+        losses, grads = evaluate(images)
+    tau = _tangents(images, losses)
+    g = grads[1:-1]
+    g_perp = float((g - (g * tau).sum(1, keepdim=True) * tau).abs().max())
+    info = {"method": "string", "iterations": it, "max_perp_grad": g_perp,
+            "stalled": radius < 1e-10 * spacing, "image_spacing": spacing}
+    return images, losses.detach(), info
+
+
+def _lambda_max(landscape: Landscape, theta: Tensor, iters: int = 30) -> float:
+    gen = torch.Generator().manual_seed(0)
+    v = torch.randn(theta.numel(), generator=gen, dtype=theta.dtype).to(theta.device)
+    lam = 0.0
+    for _ in range(iters):
+        v = v / v.norm()
+        hv = landscape.hvp(theta, v)
+        lam = float(v @ hv)
+        v = hv
+    return abs(lam)
+
+
+def permutation_path(landscape: Landscape, theta_star: Tensor, point: Tensor, layer: int,
+                     pair: tuple[int, int], n_points: int = 41, relax: bool = True, iters: int = 60) -> dict:
+    """The path theta* -> point -> P_ij theta* with at least n_points losses, and its barrier."""
+    half = (max(n_points, 3) + 1) // 2          # images of the first half, both ends included
+    info = None
+    if relax:
+        images, losses, info = string_path(landscape, theta_star, point, n_images=half, iters=iters)
+    else:
+        ts = torch.linspace(0, 1, half, dtype=theta_star.dtype, device=theta_star.device)[:, None]
+        images = (1 - ts) * theta_star + ts * point
+        losses = torch.tensor([landscape.loss(x) for x in images], dtype=theta_star.dtype)
+    spec = landscape.spec
+    mirrored = [surgery.swap(spec, x, layer, *pair) for x in images.flip(0)[1:]]
+    mirror_losses = [landscape.loss(x) for x in mirrored]
+    all_losses = [float(v) for v in losses] + mirror_losses
+    return {
+        "layer": layer,
+        "pair": [int(pair[0]), int(pair[1])],
+        "losses": all_losses,
+        "barrier": max(all_losses) - all_losses[0],
+        "relaxed": bool(relax),
+        "neb": info,
+        "point_loss": float(losses[-1]),
+    }
