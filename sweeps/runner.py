@@ -21,6 +21,8 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from ray import tune
+
 from .plan import PlannedTrial, options_from_choice, optuna_space, plan
 from .spec import SweepSpec, load_spec
 
@@ -300,62 +302,70 @@ def sweep_trainable(config: dict, ctx: dict) -> None:
 
 # ---- progress ---------------------------------------------------------------------------------------------
 
-def _make_progress(total: int, enabled: bool, stream=None):
-    from ray import tune
+_STREAMS: dict[int, Any] = {}     # progress streams by id: Tune pickles its callbacks with the run config
 
-    out = stream or sys.stdout
 
-    class Progress(tune.Callback):
-        def __init__(self):
-            self.t0 = time.time()
-            self.running, self.done, self.failed, self.errored, self.skipped = 0, 0, 0, 0, 0
-            self.results: dict[str, dict] = {}
-            self.times: list[float] = []
+class Progress(tune.Callback):
+    """Progress lines on the driver: trials done, failed, running, time per trial. Defined at module level so
+    that Tune pickles it by reference (its stream stays in _STREAMS, never pickled)."""
 
-        def _line(self, msg: str) -> None:
-            if enabled:
-                el = time.time() - self.t0
-                mean = f", {sum(self.times) / len(self.times):.1f} s/trial" if self.times else ""
-                print(f"[{el:7.1f}s] {self.done + self.failed + self.skipped}/{total} done "
-                      f"({self.failed} failed, {self.running} running{mean}) {msg}", file=out, flush=True)
+    def __init__(self, total: int, enabled: bool, stream_id: int = 0):
+        self.total, self.enabled, self.stream_id = total, enabled, stream_id
+        self.t0 = time.time()
+        self.running, self.done, self.failed, self.errored, self.skipped = 0, 0, 0, 0, 0
+        self.results: dict[str, dict] = {}
+        self.times: list[float] = []
 
-        def on_trial_start(self, iteration, trials, trial, **info):
-            self.running += 1
-            self._line(f"start {_trial_label(trial)}")
+    def _line(self, msg: str) -> None:
+        if self.enabled:
+            el = time.time() - self.t0
+            mean = f", {sum(self.times) / len(self.times):.1f} s/trial" if self.times else ""
+            out = _STREAMS.get(self.stream_id) or sys.stdout
+            print(f"[{el:7.1f}s] {self.done + self.failed + self.skipped}/{self.total} done "
+                  f"({self.failed} failed, {self.running} running{mean}) {msg}", file=out, flush=True)
 
-        def on_trial_result(self, iteration, trials, trial, result, **info):
-            self.results[trial.trial_id] = dict(result)
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self.running += 1
+        self._line(f"start {_trial_label(trial)}")
 
-        def on_trial_complete(self, iteration, trials, trial, **info):
-            self.running = max(0, self.running - 1)
-            res = self.results.get(trial.trial_id, {})
-            status = res.get("status", "?")
-            if status == "failed":
-                self.failed += 1
-                what = f"FAILED ({res.get('failure', '')})"
-            elif status == "skipped":
-                self.skipped += 1
-                what = "already finished, skipped"
-            else:
-                self.done += 1
-                self.times.append(float(res.get("wall_s", 0.0)))
-                loss = res.get("min_loss")
-                what = (f"{status} in {res.get('wall_s', 0):.1f} s: loss {loss:.3g}, {int(res.get('n_points', 0))} "
-                        f"points, {int(res.get('n_first_order', 0))} first-order"
-                        if isinstance(loss, float) and math.isfinite(loss) else
-                        f"{status} in {res.get('wall_s', 0):.1f} s: {res.get('failure') or 'not converged'}")
-            self._line(f"{_trial_label(trial)} {what}")
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        self.results[trial.trial_id] = dict(result)
 
-        def on_trial_error(self, iteration, trials, trial, **info):
-            self.running = max(0, self.running - 1)
-            self.errored += 1
-            self._line(f"{_trial_label(trial)} ERROR after retries (see the Ray logs)")
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.running = max(0, self.running - 1)
+        res = self.results.get(trial.trial_id, {})
+        status = res.get("status", "?")
+        if status == "failed":
+            self.failed += 1
+            what = f"FAILED ({res.get('failure', '')})"
+        elif status == "skipped":
+            self.skipped += 1
+            what = "already finished, skipped"
+        else:
+            self.done += 1
+            self.times.append(float(res.get("wall_s", 0.0)))
+            loss = res.get("min_loss")
+            what = (f"{status} in {res.get('wall_s', 0):.1f} s: loss {loss:.3g}, {int(res.get('n_points', 0))} "
+                    f"points, {int(res.get('n_first_order', 0))} first-order"
+                    if isinstance(loss, float) and math.isfinite(loss) else
+                    f"{status} in {res.get('wall_s', 0):.1f} s: {res.get('failure') or 'not converged'}")
+        self._line(f"{_trial_label(trial)} {what}")
 
-        def on_trial_recover(self, iteration, trials, trial, **info):
-            self.running = max(0, self.running - 1)
-            self._line(f"{_trial_label(trial)} crashed, retrying")
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self.running = max(0, self.running - 1)
+        self.errored += 1
+        self._line(f"{_trial_label(trial)} ERROR after retries (see the Ray logs)")
 
-    return Progress()
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        self.running = max(0, self.running - 1)
+        self._line(f"{_trial_label(trial)} crashed, retrying")
+
+
+def _make_progress(total: int, enabled: bool, stream=None) -> Progress:
+    stream_id = id(stream) if stream is not None else 0
+    if stream is not None:
+        _STREAMS[stream_id] = stream
+    return Progress(total, enabled, stream_id)
 
 
 def _trial_label(trial) -> str:
