@@ -59,8 +59,10 @@ def sqlite_path(tracking_uri: str) -> Path | None:
 def enable_wal(db_path: str | os.PathLike) -> str:
     """Switch a SQLite database to write-ahead logging (persistent in the file). Returns the new mode.
 
-    With WAL, readers (the UI, queries) do not block the writers and writers block each other for
-    shorter spells; see tests/test_tracking.py for the measured effect with 8 concurrent writers.
+    Measured here (2 cores, load 6-12, 8 writer processes x 4 trial runs, 1 sample each): no "database is
+    locked" and no lost run with or without WAL; writer wall time was within noise (25/43 s rollback journal,
+    36/49 s WAL); a reader polling `query.runs` during the writes saw a max latency of 2.4 s with WAL and
+    4.5 s without (medians 0.2 s both). Kept on for the readers (UI, `permsym results` during a sweep).
     Never use it on a network file system.
     """
     con = sqlite3.connect(str(db_path), timeout=30)
