@@ -12,18 +12,17 @@ import json
 import math
 import multiprocessing
 import os
-import signal
 import socket
 import sys
 import threading
 import time
-import traceback
 from pathlib import Path
 from typing import Any
 
 from ray import tune
 
-from .plan import PlannedTrial, options_from_choice, optuna_space, plan
+from ._child import child_main
+from .plan import PlannedTrial, optuna_space, plan
 from .spec import SweepSpec, load_spec
 
 DEFAULT_RESULTS = "./permsym-results"
@@ -82,35 +81,9 @@ def _mp_context():
     with _MP_LOCK:
         if _MP is None:
             ctx = multiprocessing.get_context("forkserver")
-            ctx.set_forkserver_preload(["torch", "permsym_core.study"])
+            ctx.set_forkserver_preload(["torch", "permsym_core.study", "sweeps._child"])
             _MP = ctx
         return _MP
-
-
-def _die_with_parent() -> None:
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(Exception):
-            import ctypes
-
-            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-
-def _child_main(conn, options: dict, threads: int) -> None:
-    _die_with_parent()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)       # the driver's Ctrl-C is for the driver
-    try:
-        import torch
-
-        torch.set_num_threads(max(1, threads))
-        from permsym_core.study import run_trial
-
-        msg = ("ok", run_trial(options))
-    except BaseException as e:  # noqa: BLE001 - everything goes back to the parent as a recorded failure
-        msg = ("error", f"{type(e).__name__}: {e}", traceback.format_exc())
-    try:
-        conn.send(msg)
-    finally:
-        conn.close()
 
 
 @contextlib.contextmanager
@@ -138,7 +111,7 @@ def run_isolated(options: dict, threads: int = 1, time_limit_s: float | None = N
     ("time_limit", reason). Raises TrialCrashed if the child died without an answer."""
     ctx = _mp_context()
     r, w = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_child_main, args=(w, options, threads), daemon=True, name="permsym-trial")
+    proc = ctx.Process(target=child_main, args=(w, options, threads), daemon=True, name="permsym-trial")
     with _without_main_module():
         proc.start()
     w.close()
