@@ -61,7 +61,7 @@ def structured_hessian(landscape, theta: Tensor) -> Tensor:
     deltas, s = _backprop(landscape, Ws, cache, dsig)
     P = spec.n_params
     H = torch.zeros(P, P, dtype=DTYPE, device=theta.device)
-    _add_gauss_newton(H, landscape, Ws, cache, hts, dsig)
+    _add_gauss_newton(H, landscape, Ws, cache, dsig)
     _add_residual(H, spec, Ws, hts, dsig, deltas, s)
     _symmetrise_(H)
     return H
@@ -111,7 +111,7 @@ def _sample_chunks(N: int, per_sample: int):
 # ---------------------------------------------------------------- Gauss-Newton part
 
 
-def _add_gauss_newton(H, landscape, Ws, cache, hts, dsig) -> None:
+def _add_gauss_newton(H, landscape, Ws, cache, dsig) -> None:
     """H += A^T A with A[(n,o), (k,a,i)] = (C_n^T J_k)[o,a] ~h_{k-1}[n,i], chunked over samples."""
     spec = landscape.spec
     d = len(Ws)
@@ -172,10 +172,14 @@ def _add_residual(H, spec, Ws, hts, dsig, deltas, s) -> None:
             Bd = torch.einsum("na,ni,nj->aij", s[k - 1], hts[k - 1], hts[k - 1])
             _add_block(H, spec, k, k, Bd, mode="unit")
         for l in range(1, k + 1):
-            Q = _pulled_back_curvature(k, l, T, F, s)
             if l == k - 1:  # sparse cross term: delta_k[a] sigma'_{k-1}[i] (i = b) ~h_{k-2}[j]
                 Bc = torch.einsum("na,ni,nj->aij", deltas[k - 1], dsig[k - 2], hts[l - 1])
                 _add_block(H, spec, k, l, Bc, mode="input")
+                if k < d and F[k - 1] is None:  # Rz_k = diag(s_k): Q[n,a,b] = s_k[a] W_k[a,b] sigma'_l[b]
+                    Bs = _separable_block(Ws[k - 1], s[k - 1], dsig[l - 1], hts[k - 1], hts[l - 1])
+                    _add_block(H, spec, k, l, Bs, sym=True)
+                    continue
+            Q = _pulled_back_curvature(k, l, T, F, s)
             cross = l < k - 1
             if Q is None and not cross:
                 continue
@@ -191,6 +195,15 @@ def _pulled_back_curvature(k, l, T, F, s) -> Tensor | None:
     Tkl = T[(k, l)]
     Q = s[k - 1][:, :, None] * Tkl
     return Q + F[k - 1] @ Tkl if F[k - 1] is not None else Q
+
+
+def _separable_block(W: Tensor, sk: Tensor, dsl: Tensor, hk: Tensor, hl: Tensor) -> Tensor:
+    """B[a,i,b,j] = W[a,b] sum_n (s_k[n,a] hk[n,i]) (sigma'_l[n,b] hl[n,j]): one (P_k x N) (N x P_l) GEMM."""
+    N = hk.shape[0]
+    left = (sk[:, :, None] * hk[:, None, :]).reshape(N, -1)
+    right = (dsl[:, :, None] * hl[:, None, :]).reshape(N, -1)
+    B = (left.T @ right).reshape(sk.shape[1], hk.shape[1], dsl.shape[1], hl.shape[1])
+    return B.mul_(W[:, None, :, None])
 
 
 def _dense_block(k, l, Q, T, hts, dsig, deltas, cross: bool) -> Tensor:
