@@ -19,6 +19,7 @@ def die_with_parent() -> None:
 def child_main(conn, options: dict, threads: int) -> None:
     die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)       # the driver's Ctrl-C is for the driver
+    conn.send(("started",))                             # the time limit counts from here
     try:
         import torch
 

@@ -117,15 +117,22 @@ def run_isolated(options: dict, threads: int = 1, time_limit_s: float | None = N
     w.close()
     msg = None
     try:
-        deadline = None if time_limit_s is None else time.monotonic() + time_limit_s
-        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
-        if r.poll(timeout):
+        # the forkserver's first start (torch import) does not count against the trial's limit
+        started = r.poll(300)
+        if started:
             try:
-                msg = r.recv()
+                r.recv()
             except EOFError:
-                msg = None
-        else:
-            msg = ("time_limit", f"time_limit: trial exceeded trial_time_limit_s={time_limit_s:g}")
+                started = False
+        if started:
+            timeout = time_limit_s
+            if r.poll(timeout):
+                try:
+                    msg = r.recv()
+                except EOFError:
+                    msg = None
+            else:
+                msg = ("time_limit", f"time_limit: trial exceeded trial_time_limit_s={time_limit_s:g}")
     finally:
         if msg is not None and msg[0] != "time_limit":
             proc.join(timeout=10)

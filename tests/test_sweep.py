@@ -95,9 +95,11 @@ def test_local_sweep_relaunch_and_time_limit(shared_ray, tmp_path):
     _assert_one_finished_per_key(uri, "local4", keys)
 
     # a trial over its time limit is stopped and recorded FAILED with the reason; the sweep goes on
-    slow = load_spec(_spec("limit", [0], trial_time_limit_s=0.5))
+    d = _spec("limit", [0], trial_time_limit_s=1.0)
+    d["grid"].update(widths=[[6]], adam_steps=3000, path_relax=True, gamma_scan=True)   # far longer than 1 s
+    slow = load_spec(d)
     s = run_sweep(slow, results_dir=tmp_path, progress=False)
-    assert s["failed"] == 1 and s["finished"] == 0
+    assert s["failed"] == 1 and s["finished"] == 0, s["trials"] or s["errored"]
     _c, kids, _p = _children(uri, "limit")
     assert [r.info.status for r in kids] == ["FAILED"]
     assert kids[0].data.tags["failure_reason"].startswith("time_limit")
