@@ -83,9 +83,9 @@ def _reparametrise(images: Tensor) -> Tensor:
 def string_path(landscape: Landscape, start: Tensor, end: Tensor, n_images: int = 21, iters: int = 60
                 ) -> tuple[Tensor, Tensor, dict]:
     """Relax the straight line start -> end (both fixed) into a minimum-energy path by the simplified string
-    method (E, Ren and Vanden-Eijnden 2007): a preconditioned descent step of every interior image, kept only
-    when it lowers the summed loss (a trust radius shrinks otherwise), then reparametrisation to equal arc
-    length. Returns (images, losses, info): info has the iterations, whether it stopped for want of a descent
+    method (E, Ren and Vanden-Eijnden 2007): a preconditioned descent step of every interior image, each kept
+    only when it lowers that image's loss (its own trust radius shrinks otherwise), then reparametrisation to
+    equal arc length. Returns (images, losses, info): info has the iterations, whether it stopped for want of a descent
     step (stalled), and the largest gradient component perpendicular to the path that remains (the
     discretisation error of reparametrising a curved path with n_images images)."""
     ts = torch.linspace(0, 1, n_images, dtype=start.dtype, device=start.device)[:, None]
@@ -94,27 +94,26 @@ def string_path(landscape: Landscape, start: Tensor, end: Tensor, n_images: int 
     precond = _preconditioner(landscape, start)
     losses, grads = evaluate(images)
     spacing = float((end - start).norm()) / (n_images - 1)
-    radius = 0.5 * spacing
+    radius = torch.full((n_images - 2, 1), 0.5 * spacing, dtype=start.dtype, device=start.device)
     it = 0
     for it in range(1, iters + 1):
-        if radius < 1e-10 * spacing:
-            break                                   # no descent step left: relaxed as far as 21 images allow
+        if float(radius.max()) < 1e-10 * spacing:
+            break                                   # no descent step left: relaxed as far as n_images allow
         step = precond(images[1:-1], grads[1:-1])
-        step = step * (radius / step.norm(dim=1, keepdim=True).clamp_min(radius))
+        step = step * (radius / step.norm(dim=1, keepdim=True).clamp_min(1e-300)).clamp_max(1.0)
         trial = images.clone()
         trial[1:-1] = images[1:-1] - step
         new_losses, _ = evaluate(trial)
-        if not bool(torch.isfinite(new_losses).all()) or float(new_losses[1:-1].sum()) > float(losses[1:-1].sum()):
-            radius *= 0.5
-            continue
-        radius = min(1.5 * radius, spacing)
+        ok = (torch.isfinite(new_losses[1:-1]) & (new_losses[1:-1] <= losses[1:-1]))[:, None]
+        radius = torch.where(ok, (1.5 * radius).clamp_max(spacing), 0.5 * radius)
+        trial[1:-1] = torch.where(ok, trial[1:-1], images[1:-1])     # each image keeps only its own descent
         images = _reparametrise(trial)
         losses, grads = evaluate(images)
     tau = _tangents(images, losses)
     g = grads[1:-1]
     g_perp = float((g - (g * tau).sum(1, keepdim=True) * tau).abs().max())
     info = {"method": "string", "iterations": it, "max_perp_grad": g_perp,
-            "stalled": radius < 1e-10 * spacing, "image_spacing": spacing}
+            "stalled": float(radius.max()) < 1e-10 * spacing, "image_spacing": spacing}
     return images, losses.detach(), info
 
 
