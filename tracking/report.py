@@ -89,7 +89,10 @@ def counts_vs_width_figure(summ: pd.DataFrame):
             ax.grid(alpha=0.3)
             if not sub.empty:
                 ax.legend(fontsize=7, loc="upper left", ncol=2 if len(groups) > 2 else 1)
-    fig.suptitle("Permutation saddles found vs the lower bound (log10, summed over hidden layers)", fontsize=11)
+    # one line per ~55 characters per panel column, so the title never runs off a single-panel figure
+    title = ("Permutation saddles found vs the lower bound\n(log10, summed over hidden layers)" if len(depths) < 2
+             else "Permutation saddles found vs the lower bound (log10, summed over hidden layers)")
+    fig.suptitle(title, fontsize=11)
     return fig
 
 
@@ -121,7 +124,7 @@ def index_hist_figure(pts: pd.DataFrame):
         ax.set_title(f"hidden layer {layer}", fontsize=10)
         ax.grid(alpha=0.3, axis="y")
         ax.legend(fontsize=8)
-    fig.suptitle("Index of the permutation points (index 1: first-order saddle), all trials", fontsize=11)
+    fig.suptitle("Index of the permutation points, all trials\n(index 1: first-order saddle)", fontsize=11)
     return fig
 
 
