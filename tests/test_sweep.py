@@ -112,6 +112,7 @@ def test_driver_killed_then_resumed(shared_ray, tmp_path):
     from tracking.store import results_uri
 
     d = _spec("killed", range(4), max_concurrent=1)
+    d["grid"]["adam_steps"] = 8000                   # a few seconds per trial: a window to kill the driver in
     spec_file = tmp_path / "killed.yaml"
     spec_file.write_text(yaml.safe_dump(d))
     results = tmp_path / "res"
@@ -125,7 +126,7 @@ def test_driver_killed_then_resumed(shared_ray, tmp_path):
         deadline = time.time() + 240
         n_done = 0
         while time.time() < deadline and proc.poll() is None:
-            time.sleep(1.0)
+            time.sleep(0.3)
             if (results / "mlflow.db").exists():
                 try:
                     _c, kids, _p = _children(uri, "killed")
