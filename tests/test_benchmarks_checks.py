@@ -1,0 +1,80 @@
+"""Correctness checks of the counting, minimisation, trial, sweep and memory benchmarks on their smallest cases.
+
+No timing is asserted, ever; no Ray is started here (the sweep benchmark's Ray runs are left to the benchmark).
+"""
+import math
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `benchmarks` is not an installed package
+
+from benchmarks import MODULES  # noqa: E402
+from benchmarks import counting, memory, minimise, sweep, trial  # noqa: E402
+
+OURS = ("counting", "minimise", "trial", "sweep", "memory")
+
+
+def test_modules_registered_with_the_interface():
+    for name in OURS:
+        assert name in MODULES
+        mod = sys.modules[f"benchmarks.{name}"]
+        assert isinstance(mod.TITLE, str) and callable(mod.run) and callable(mod.targets)
+
+
+def test_counting_by_slicing_and_by_eigenvalues_identical_and_as_designed():
+    P = min(counting.sizes(quick=True))
+    c = counting.check(P)
+    assert c["slicing"] == c["eigenvalues"] == c["designed"]
+    assert c["designed"] == (len(counting.N_NEG), counting.N_ZERO, P - len(counting.N_NEG) - counting.N_ZERO)
+    H, lam = counting.hessian_like(50)
+    assert counting.by_slicing_torch(H, counting.tau_for(lam)) == counting.by_eigenvalues(H, counting.tau_for(lam))
+    assert counting.agreement((1, 2, 3), (1, 2, 3)) == "identical"
+    assert counting.agreement((1, 2, 3), (1, 3, 2)).startswith("DIFFER")
+
+
+def test_minimiser_reaches_1e_10_on_toy_width_3():
+    c = minimise.check(3)
+    assert c["converged"] and c["grad_inf"] <= 1e-10, c
+
+
+def test_minimise_baselines_run_and_report_honestly():
+    L, theta0 = minimise.Case("toy 2-3-1", "toy", 3).landscape()
+    warm = minimise.minimise(L, theta0, max_iter=0).theta
+    sp = minimise.scipy_trust_exact_autodiff(L, warm, time_limit_s=60.0)
+    assert sp["converged"] and sp["grad_inf"] <= 1e-10
+    adam = minimise.adam_alone(L, theta0, budget_s=0.2)
+    assert adam["steps"] >= 1 and math.isfinite(adam["best_grad_inf"])
+    assert adam["t_hit"] is None or adam["best_grad_inf"] <= 1e-10
+
+
+def test_trial_phase_rows_add_up_to_the_total():
+    record = {"minimum": {"converged": True, "grad_inf": 1e-12, "n_params": 12},
+              "counts": [{"n_found": 6, "n_critical": 6, "n_first_order": 3}],
+              "timings": {"task": 0.1, "minimum": 1.0, "reduced": 2.0, "gamma_scan": 0.5, "points": 1.5,
+                          "paths": 5.0, "total": 10.0}}
+    rows = trial.rows_for(4, 12.0, record)
+    phases = [r for r in rows if r["method"].startswith("phase")]
+    assert math.isclose(sum(r["seconds"] for r in phases), 10.0)   # gamma_scan taken out of points
+    assert math.isclose(sum(r["ratio"] for r in phases), 1.0)
+    assert "converged" in next(r for r in rows if r["method"] == "run_trial total")["agreement"]
+    assert trial.command(4)[-10:] == ["trial", "--task", "toy", "--widths", "4", "--activation", "sigmoid",
+                                      "--seed", "0", "--json"]
+
+
+def test_sweep_spec_plans_the_same_trials_and_agreement_flags_differences():
+    full, quick = sweep.planned(False), sweep.planned(True)
+    assert len(full) == 8 and len(quick) == 4
+    assert {t.key for t in quick} <= {t.key for t in full}
+    records = [{"trial_key": t.key, "minimum": {"loss": 0.5 + i}} for i, t in enumerate(quick)]
+    good = {"planned": 4, "trials": [{"trial_key": t.key, "status": "finished", "min_loss": 0.5 + i}
+                                     for i, t in enumerate(quick)]}
+    assert sweep.trial_agreement(good, records) == "same minima as the loop"
+    bad = {"planned": 4, "trials": good["trials"][:3]}
+    assert sweep.trial_agreement(bad, records).startswith("DIFFER")
+
+
+def test_memory_workload_reports_its_peak_on_the_smallest_case():
+    rec = memory.measure(8)                                   # P = 97: the harness, not the figure
+    assert rec["P"] == 97 and rec["counts_agree"]
+    assert rec["peak"] >= rec["base"] > 0
+    assert rec["ru_maxrss"] >= rec["base"] // 2
