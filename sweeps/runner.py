@@ -106,15 +106,19 @@ def _without_main_module():
         mps.get_preparation_data = orig
 
 
-def run_isolated(options: dict, threads: int = 1, time_limit_s: float | None = None) -> tuple:
+def run_isolated(options: dict, threads: int = 1, time_limit_s: float | None = None, on_start=None) -> tuple:
     """Run `run_trial(options)` in a child process. Returns ("ok", record), ("error", reason, traceback) or
-    ("time_limit", reason). Raises TrialCrashed if the child died without an answer."""
+    ("time_limit", reason). Raises TrialCrashed if the child died without an answer. `on_start(pid)` is
+    called with the child's process id once it is started."""
     ctx = _mp_context()
     r, w = ctx.Pipe(duplex=False)
     proc = ctx.Process(target=child_main, args=(w, options, threads), daemon=True, name="permsym-trial")
     with _without_main_module():
         proc.start()
     w.close()
+    if on_start is not None:
+        with contextlib.suppress(Exception):
+            on_start(proc.pid)
     msg = None
     try:
         # the forkserver's first start (torch import) does not count against the trial's limit
@@ -158,6 +162,20 @@ def _worker_info() -> dict:
         info["node_id"] = rc.get_node_id()
         info["worker_id"] = rc.get_worker_id()
     return info
+
+
+def _tag_run(uri: str, run_id: str | None, tags: dict) -> None:
+    """Best-effort tags on an open trial run (where it runs: worker_pid, trial_pid, hostname, node_id), so
+    that an operator can find the process of a RUNNING trial from the store."""
+    if run_id is None:
+        return
+    with contextlib.suppress(Exception):
+        from mlflow.entities import RunTag
+
+        from tracking import runs
+
+        with runs._guard(uri):
+            runs.client(uri).log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items() if v != ""])
 
 
 def _trial_of(config: dict, ctx: dict) -> tuple[str, dict]:
@@ -245,6 +263,8 @@ def sweep_trainable(config: dict, ctx: dict) -> None:
     except runs.TrackingUnavailable:
         run_id = None
     meta["run_id"] = run_id
+    _tag_run(uri, run_id, {"worker_pid": worker.get("pid", ""), "hostname": worker.get("hostname", ""),
+                           "node_id": worker.get("node_id", "")})
 
     def fail(reason: str) -> None:
         try:
@@ -255,7 +275,8 @@ def sweep_trainable(config: dict, ctx: dict) -> None:
             spool.spool_record(ctx["results_dir"], key, None, {**meta, "fail_reason": reason})
 
     try:
-        outcome = run_isolated(options, threads, ctx.get("time_limit_s"))
+        outcome = run_isolated(options, threads, ctx.get("time_limit_s"),
+                               on_start=lambda pid: _tag_run(uri, run_id, {"trial_pid": pid}))
     except TrialCrashed as e:
         fail(f"crashed: {e} (attempt {attempt})")
         raise                                        # Tune retries it (FailureConfig.max_failures)
