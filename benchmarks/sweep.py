@@ -1,0 +1,245 @@
+"""Sweep overhead and scaling: the same toy trials (a) in a plain loop of run_trial in this process, (b) through
+`permsym sweep` (sweeps.runner.run_sweep: embedded Ray Tune + MLflow on SQLite) with 1 concurrent trial,
+(c) with 2, and (d) on a two-node ray.cluster_utils.Cluster (1 CPU each), counting the nodes that ran trials.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import tempfile
+import time
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+import torch  # noqa: E402
+
+TITLE = "Sweep: overhead of Ray and MLflow, scaling to 2 workers and 2 nodes"
+LOOP = "plain loop of run_trial (1 thread)"
+NOTES = """\
+Trials: the toy task, widths [3] and [4], activations sigmoid and g, seeds 0 and 1 (8 trials; quick mode:
+width [3] only, 4 trials), first-order points of every pair, every other option at its default (as in
+sweeps/toy.yaml). All rows run the same trials (sweeps.plan.plan of one spec), each on 1 thread (the sweep's
+`resources: {cpus: 1}` gives a trial's process 1 torch thread; the loop sets the same).
+(a) `plain loop`: run_trial for each trial in turn, in this process, no Ray, no MLflow. (b) and (c):
+sweeps.runner.run_sweep (what `permsym sweep` calls, minus the CLI's imports) into a fresh temporary results
+folder, 1 or 2 concurrent trials, embedded local Ray (`address="local"`, num_cpus = cores), every trial in its
+own child process, one MLflow child run each on SQLite; the time is the whole call: Ray start and stop, the
+store's creation, Tune, logging. (d) the 4 width-3 trials with 2 concurrent trials on a ray.cluster_utils.Cluster of
+two nodes with 1 CPU each on this machine (the cluster's start is not timed; its baseline is the loop's time
+for those 4 trials, the sum of their run_trial totals); `note` counts the distinct Ray
+node ids that ran trials (each trial reports the node id of its Tune worker; the trial record logged to
+MLflow carries it too, as worker.node_id). Overhead per trial = ((b) - (a)) / n; its share = overhead / mean
+trial time of (a). The 1-worker row's `note` splits each trial's time as the runner logs it (MLflow metrics
+time_total and time_trial_wall, and the wall time reported to Tune): run_trial in the child process, the
+trainable's work before it, and the logging after it. The `fixed start-up` row times alone what every sweep pays once (creating the SQLite
+store and experiment, starting and stopping embedded Ray) to split that overhead into fixed and per-trial. Speed-up = (a) / (c). On a shared machine both are differences and ratios of noisy
+wall times: read them with the load average above."""
+
+
+def spec_dict(name: str, quick: bool) -> dict:
+    return {"name": name, "task": "toy",
+            "grid": {"widths": [[3]] if quick else [[3], [4]], "activations": ["sigmoid", "g"], "seeds": [0, 1],
+                     "orders": [1], "pairs": "all"},
+            "search": {"kind": "grid"}, "resources": {"cpus": 1, "gpus": 0}, "max_failures": 0,
+            "trial_time_limit_s": 1200}
+
+
+def planned(quick: bool) -> list:
+    from sweeps.plan import plan
+    from sweeps.spec import load_spec
+
+    return plan(load_spec(spec_dict("bench-loop", quick)))
+
+
+def plain_loop(trials: list) -> tuple[float, list[dict]]:
+    """(wall seconds, records): run_trial for every planned trial, 1 torch thread, in this process."""
+    from permsym_core.study import run_trial
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        t0 = time.perf_counter()
+        records = [run_trial(t.config) for t in trials]
+        return time.perf_counter() - t0, records
+    finally:
+        torch.set_num_threads(before)
+
+
+def sweep(name: str | dict, quick: bool, max_concurrent: int, address: str | None = None) -> tuple[float, dict]:
+    """(wall seconds of run_sweep, its summary) into a fresh temporary results folder; `name` may be a spec."""
+    from sweeps.runner import run_sweep
+
+    spec = name if isinstance(name, dict) else spec_dict(name, quick)
+    with tempfile.TemporaryDirectory(prefix=f"permsym-bench-{spec['name']}-") as tmp:
+        t0 = time.perf_counter()
+        summary = run_sweep(spec, address=address, results_dir=tmp, progress=False,
+                            max_concurrent=max_concurrent, stream=io.StringIO())
+        wall = time.perf_counter() - t0
+        summary["breakdown"] = breakdown(summary)
+        return wall, summary
+
+
+def breakdown(summary: dict) -> dict | None:
+    """Where a sweep's trial time goes, summed over its FINISHED runs, from what the runner logs: run_trial
+    inside the trial's child process (metric time_total), the trainable up to the child's answer (time_trial_wall:
+    idempotency check, MLflow run start, child process start), and the whole trainable (the trial's wall_s
+    reported to Tune, after logging). None when the store cannot be read."""
+    try:
+        from tracking import runs
+
+        uri, exp = summary["tracking_uri"], summary["experiment_id"]
+        found = runs.search_all(uri, [exp], runs._trial_filter(summary["sweep"], "attributes.status = 'FINISHED'"))
+        walls = {t["trial_key"]: t.get("wall_s") for t in summary.get("trials") or []}
+        total = before = after = 0.0
+        for r in found:
+            m, key = r.data.metrics, r.data.tags.get("trial_key")
+            if key not in walls or "time_total" not in m or "time_trial_wall" not in m or walls[key] is None:
+                continue
+            total += m["time_total"]
+            before += m["time_trial_wall"] - m["time_total"]
+            after += walls[key] - m["time_trial_wall"]
+        return {"run_trial": total, "before": before, "logging": after, "n": len(found)}
+    except Exception:  # noqa: BLE001 - the breakdown is extra information, never a reason to fail the benchmark
+        return None
+
+
+def breakdown_note(summary: dict, wall: float) -> str:
+    b = summary.get("breakdown")
+    if not b or not b["n"]:
+        return "breakdown unavailable"
+    rest = wall - b["run_trial"] - b["before"] - b["logging"]
+    n = b["n"]
+    return (f"per trial: run_trial {b['run_trial'] / n:.2f} s, before it (idempotency check, MLflow run start, "
+            f"child process) {b['before'] / n:.2f} s, logging {b['logging'] / n:.2f} s; outside the trials "
+            f"(Ray, Tune, store; overlapped trials make this negative) {rest:.1f} s")
+
+
+def cluster_sweep(spec: dict) -> tuple[float, dict, int]:
+    """(wall seconds, summary, nodes) of a 2-concurrent sweep of `spec` on a 2-node Cluster (1 CPU per node)."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    if ray.is_initialized():
+        ray.shutdown()
+    cluster = Cluster(initialize_head=True, connect=False,
+                      head_node_args={"num_cpus": 1, "include_dashboard": False})
+    try:
+        cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        wall, summary = sweep(spec, True, 2, address=cluster.address)
+        return wall, summary, len(cluster.list_all_nodes())
+    finally:
+        with contextlib.suppress(Exception):
+            ray.shutdown()
+        cluster.shutdown()
+
+
+def status_note(summary: dict, n: int) -> str:
+    return (f"{summary['finished']}/{n} finished, {summary['failed']} failed, {summary['errored']} errored; "
+            f"run_sweep's own wall {summary.get('wall_s', 0):.1f} s")
+
+
+def trial_agreement(summary: dict, records: list[dict]) -> str:
+    """Same trials, same science: converged flags and minimum losses by key against the loop's records."""
+    loop = {r["trial_key"]: r for r in records}
+    bad = []
+    for t in summary.get("trials") or []:
+        r = loop.get(t.get("trial_key"))
+        if r is None or t.get("status") != "finished":
+            bad.append(f"{(t.get('trial_key') or '?')[:8]} {t.get('status')}")
+            continue
+        a, b = r["minimum"]["loss"], t.get("min_loss")
+        if b is None or abs(a - b) > 1e-9 * max(abs(a), 1e-300):
+            bad.append(f"{t['trial_key'][:8]} loss {a:.6g} vs {b}")
+    missing = summary.get("planned", 0) - len(summary.get("trials") or [])
+    if missing > 0:
+        bad.append(f"{missing} trials missing")
+    return "same minima as the loop" if not bad else "DIFFER: " + "; ".join(bad[:4])
+
+
+def fixed_costs() -> tuple[float, float]:
+    """(seconds to create a fresh MLflow SQLite store and experiment, seconds to start and stop embedded Ray):
+    the per-sweep start-up inside (b) and (c), timed alone to split their overhead into fixed and per-trial."""
+    import ray
+
+    from tracking.store import prepare_store, results_uri
+
+    with tempfile.TemporaryDirectory(prefix="permsym-bench-store-") as tmp:
+        t0 = time.perf_counter()
+        prepare_store(results_uri(tmp), "bench-store")
+        t_store = time.perf_counter() - t0
+    if ray.is_initialized():
+        return t_store, float("nan")
+    t0 = time.perf_counter()
+    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
+             logging_level="WARNING", runtime_env={"env_vars": {"RAY_USAGE_STATS_ENABLED": "0"}})
+    ray.shutdown()
+    return t_store, time.perf_counter() - t0
+
+
+def run(quick: bool = False) -> list[dict]:
+    trials = planned(quick)
+    n = len(trials)
+    from permsym_core.study import run_trial
+
+    run_trial({"task": "toy", "widths": [2], "adam_steps": 50, "max_iter": 5, "path_relax": False})  # warm-up
+    t_loop, records = plain_loop(trials)
+    conv = sum(bool(r["minimum"]["converged"]) for r in records)
+    mean = t_loop / n
+    base = dict(benchmark="sweep", case=f"{n} toy trials", threads=1)
+    rows = [dict(base, method=LOOP, seconds=t_loop, agreement=f"{conv}/{n} converged",
+                 note=f"{mean:.1f} s per trial")]
+    t_store, t_ray = fixed_costs()
+    fixed = t_store + t_ray
+    t1, s1 = sweep("bench-1w", quick, 1)
+    over = (t1 - t_loop) / n
+    rows.append(dict(base, method="permsym sweep, 1 worker", seconds=t1, ratio=t_loop / t1, baseline=LOOP,
+                     agreement=trial_agreement(s1, records), overhead=over, share=over / mean,
+                     note=f"overhead {over:.2f} s per trial = {100 * over / mean:.1f}% of a trial "
+                          f"({fixed / n:.2f} s of it the fixed start-up below, spread over {n} trials); "
+                          + breakdown_note(s1, t1) + "; " + status_note(s1, n)))
+    t2, s2 = sweep("bench-2w", quick, 2)
+    rows.append(dict(base, method="permsym sweep, 2 workers", seconds=t2, ratio=t_loop / t2, baseline=LOOP,
+                     agreement=trial_agreement(s2, records), speedup=t_loop / t2,
+                     note=f"speed-up {t_loop / t2:.2f}x over the loop; " + status_note(s2, n)))
+    rows.append(dict(base, case="per sweep, timed alone", method="fixed start-up: MLflow store + Ray start/stop",
+                     seconds=fixed, ratio=fixed / t1, baseline="share of (b), the 1-worker sweep",
+                     note=f"fresh SQLite store and experiment {t_store:.1f} s; embedded Ray init + shutdown "
+                          f"{t_ray:.1f} s; per-trial overhead without them {(t1 - t_loop - fixed) / n:.2f} s "
+                          f"= {100 * (t1 - t_loop - fixed) / n / mean:.1f}% of a trial"))
+    if not quick:
+        small = [t for t in trials if t.config["widths"] == [3]]     # 4 trials: enough to show the spread
+        loop_small = sum(r["timings"]["total"] for r in records if r["config"]["widths"] == [3])
+        tc, sc, n_nodes = cluster_sweep(spec_dict("bench-2node", True))
+        nodes = {t.get("node_id") for t in sc.get("trials") or [] if t.get("node_id")}
+        rows.append(dict(base, case=f"{len(small)} toy trials (width 3)",
+                         method="permsym sweep, 2-node Cluster (1 CPU each)", seconds=tc, ratio=loop_small / tc,
+                         baseline="the loop's time for these trials", agreement=trial_agreement(sc, records),
+                         nodes_used=len(nodes),
+                         note=f"trials ran on {len(nodes)} distinct nodes of {n_nodes}; "
+                              + status_note(sc, len(small))))
+    return rows
+
+
+def targets(rows: list[dict]) -> list[str]:
+    out = []
+    one = next((r for r in rows if r["method"] == "permsym sweep, 1 worker"), None)
+    two = next((r for r in rows if r["method"] == "permsym sweep, 2 workers"), None)
+    if one:
+        out.append(f"{'MET' if one['share'] < 0.10 else 'NOT MET'}: overhead of Ray and MLflow under 10% of trial "
+                   f"time — {one['overhead']:.2f} s per trial, {100 * one['share']:.1f}% ({one['case']}, 1 worker "
+                   f"against the plain loop).")
+    if two:
+        out.append(f"{'MET' if two['speedup'] >= 1.7 else 'NOT MET'}: speed-up >= 1.7 at 2 workers on "
+                   f"{os.cpu_count()} cores — {two['speedup']:.2f}x.")
+    cl = next((r for r in rows if "Cluster" in r["method"]), None)
+    if cl:
+        out.append(f"{'MET' if cl['nodes_used'] == 2 else 'NOT MET'}: trials spread over both nodes of a two-node "
+                   f"Cluster — {cl['nodes_used']} distinct node ids.")
+    else:
+        out.append("not measured: the two-node Cluster run (quick mode skips it).")
+    bad = [r for r in rows if str(r.get("agreement", "")).startswith("DIFFER")]
+    out.append(("MET" if not bad else "NOT MET") + ": every sweep found the same minima as the loop"
+               + (f" (differs: {', '.join(r['method'] for r in bad)})" if bad else "") + ".")
+    return out
