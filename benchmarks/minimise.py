@@ -23,7 +23,7 @@ TITLE = "Certified minimisation: time to |grad|_inf <= 1e-10"
 TOL = 1e-10
 LR = 0.05               # minimise's default warm-up learning rate, also used by Adam alone
 ADAM_STEPS = 3000       # minimise's default warm-up budget
-LIMIT_MAX_S = 45.0      # the scipy baselines stop here (at P ~ 1,000 they take minutes on 2 cores)
+LIMIT_MAX_S = 30.0      # the scipy baselines stop here (at P ~ 1,000 they take minutes on 2 cores)
 NOTES = f"""\
 Cases: the toy task (2-k-1, sigmoid, no biases, N = 1681, seed 0 init) and a random teacher task (20 inputs,
 teacher widths [20], sigmoid, N = 500, seed 0) learned by a 20-45-1 student with biases (P = 991); 2 threads.
