@@ -63,8 +63,6 @@ def verdict(record: dict) -> str:
 def rows_for(width: int, wall: float, record: dict) -> list[dict]:
     t = dict(record.get("timings") or {})
     total = t.pop("total")
-    if "points" in t and "gamma_scan" in t:       # the scan is timed inside the points loop
-        t["points"] -= t["gamma_scan"]
     t["other"] = max(0.0, total - sum(t.values()))
     P = (record.get("minimum") or {}).get("n_params")
     base = dict(benchmark="trial", case=f"toy 2-{width}-1 sigmoid seed 0", P=P, threads=os.cpu_count())

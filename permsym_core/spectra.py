@@ -3,8 +3,10 @@ report of the saddle index and flat directions that says how safe every zero/non
 
 - `eigenvalues(H)`: all eigenvalues, ascending, float64 (torch.linalg.eigvalsh on H's device).
 - `inertia(H, shift)`: (n_neg, n_zero, n_pos) of H - shift*I from a Bunch-Kaufman LDL^T (Sylvester's law):
-  LAPACK dsytrf with a queried workspace on CPU (measured faster than torch.linalg.ldl_factor there),
-  torch.linalg.ldl_factor_ex on CUDA. Zero pivots are only exact zeros of D: never count zeros this way.
+  torch.linalg.ldl_factor_ex on every device by default (LAPACK dsytrf with a queried workspace is kept as
+  backend="lapack": as fast on a quiet 2-core box, P = 2,000-8,000, but its OpenBLAS threads slowed 5-8x
+  whenever the cores were shared, 3.3 s -> 27 s at P = 8,000, where torch stayed within 2x). Zero pivots are
+  only exact zeros of D: never count zeros this way.
 - `count(H, tau)`: index = #{lambda < -tau}, n_zero = #{|lambda| <= tau}, n_pos, by spectrum slicing
   (inertia of H + tau I and H - tau I).
 - `derive_tau(eigs, grad_inf, P)`: tau = max(round-off floor, gradient term); see its docstring.
@@ -98,11 +100,11 @@ def _ldl_torch(A: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def inertia(H, shift: float = 0.0, backend: str = "auto") -> tuple[int, int, int]:
     """(n_neg, n_zero, n_pos) of H - shift*I by Sylvester's law on a Bunch-Kaufman LDL^T.
 
-    backend: "auto" (LAPACK dsytrf on CPU, torch on CUDA), "lapack" or "torch". n_zero counts exact zero
+    backend: "auto" (torch), "lapack" (scipy dsytrf) or "torch". n_zero counts exact zero
     pivots only; a singular H gives pivots ~eps*|H| of either sign, so use `count` to count zeros."""
     Ht = _as_float64_tensor(H)
     if backend == "auto":
-        backend = "lapack" if Ht.device.type == "cpu" else "torch"
+        backend = "torch"
     if backend not in ("lapack", "torch"):
         raise ValueError(f"backend: expected auto, lapack or torch, got {backend!r}")
     n = Ht.shape[0]
