@@ -15,7 +15,9 @@ Pipeline (after MLPGradientFlow.jl's train: a first-order phase, then a second-o
 
 Whatever happens, the gradient is recomputed at the returned point with Landscape.loss_grad and
 ``converged`` is decided from that measurement alone. Divergence (non-finite loss or gradient, a loss above
-DIVERGE_ABS or above DIVERGE_REL x the initial loss) ends as stop_reason "diverged" with the last good point;
+DIVERGE_ABS or above DIVERGE_REL x the initial loss) ends as stop_reason "diverged" with the last good point; a trust region
+that keeps descending while |theta| grows past UNBOUNDED_GROWTH x its hand-over norm (a minimum at infinity:
+saturating units, a softmax separating classes) ends as "unbounded", the numbers in info["unbounded"];
 a wall-time budget ends as "time_limit"; the iteration budget as "max_iter"; a trust region that shrinks to
 nothing or an optimiser that gives up without converging as "stalled". No exception escapes for these.
 Tensors live on the landscape's device (CUDA works); only the scipy methods go through CPU numpy.
@@ -34,9 +36,11 @@ from .mlp import DTYPE
 
 DENSE_MAX_P = 2000          # exact-Hessian trust region up to this many parameters, L-BFGS beyond
 ADAM_SWITCH_TOL = 1e-4      # the warm-up hands over once |grad|_inf is this small
+UNBOUNDED_GROWTH = 10.0     # |theta| beyond this x max(|theta| at the hand-over, 10): a minimum at infinity
+ZERO_CURV = 1e-12           # eigenvalues below this x |lambda|_max count as zero curvature in the subproblem
 DIVERGE_ABS = 1e10
 DIVERGE_REL = 1e6
-STOP_REASONS = ("converged", "max_iter", "time_limit", "diverged", "stalled")
+STOP_REASONS = ("converged", "max_iter", "time_limit", "diverged", "stalled", "unbounded")
 METHODS = ("auto", "trust-region", "trust-exact", "lbfgs")
 _EPS = np.finfo(np.float64).eps
 
@@ -80,6 +84,7 @@ class _Run:
         self.loss0 = None
         self.best = None            # (loss, theta) of the lowest finite loss met at an accepted point
         self.iters = {"adam": 0, "second_order": 0}
+        self.info = {}
 
     def check_time(self) -> None:
         if self.deadline is not None and time.perf_counter() > self.deadline:
@@ -129,8 +134,14 @@ def _adam(run: _Run, theta: Tensor, steps: int, lr: float) -> Tensor:
 
 # --- trust region on the exact Hessian -------------------------------------------------------------
 
-def _tr_subproblem(lam: np.ndarray, gt: np.ndarray, delta: float) -> tuple[np.ndarray, float]:
-    """argmin over |c| <= delta of gt.c + c.diag(lam).c/2 (eigenbasis coordinates) and the model change."""
+def _tr_subproblem(lam: np.ndarray, gt: np.ndarray, delta: float, tau: float = 0.0) -> tuple[np.ndarray, float]:
+    """argmin over |c| <= delta of gt.c + c.diag(lam).c/2 (eigenbasis coordinates) and the model change.
+
+    Eigenvalues with |lam| <= tau are below eigh's resolution and count as exactly zero: such a direction
+    is then flat (exact symmetries, e.g. a softmax's shift of all logits), so the hard case never spends the
+    radius on it; it only takes a step along a genuinely negative eigenvalue."""
+    if tau > 0:
+        lam = np.where(np.abs(lam) <= tau, 0.0, lam)
     gnorm = float(np.linalg.norm(gt))
     scale = max(float(np.abs(lam).max()), 1e-300)
     lo = max(0.0, -float(lam[0]))
@@ -152,6 +163,8 @@ def _tr_subproblem(lam: np.ndarray, gt: np.ndarray, delta: float) -> tuple[np.nd
     mu_a = 0.0 if lam[0] > 0 else lo + max(lo, scale) * 1e-14 + 1e-300
     c_a = step(mu_a)
     if lam[0] <= 0 and np.linalg.norm(c_a) < delta:   # hard case: no root above lo; add a lowest-eigenvector component
+        if lo == 0.0:            # zero curvature only (flat directions): the regularised step is the answer
+            return c_a, model(c_a)
         c = step(lo) if lo > 0 else c_a
         near = lam + lo <= max(lo, scale) * 1e-14
         rest = float(np.linalg.norm(c[~near]))
@@ -179,6 +192,7 @@ def _trust_region(run: _Run, theta: Tensor, max_iter: int) -> tuple[Tensor, str]
     if ginf <= run.tol:
         return theta, "converged"
     delta = max(1.0, 0.1 * float(theta.norm()))
+    rmax = UNBOUNDED_GROWTH * max(float(theta.norm()), 10.0)
     dmax = 1e3 * (1.0 + float(theta.norm()))
     lam = V = None
     for it in range(1, max_iter + 1):
@@ -191,7 +205,7 @@ def _trust_region(run: _Run, theta: Tensor, max_iter: int) -> tuple[Tensor, str]
             lam_t, V = torch.linalg.eigh(H)
             lam = lam_t.cpu().numpy()
         gt = (V.T @ g).cpu().numpy()
-        c, pred = _tr_subproblem(lam, gt, delta)
+        c, pred = _tr_subproblem(lam, gt, delta, ZERO_CURV * float(np.abs(lam).max()))
         p = V @ torch.as_tensor(c, dtype=DTYPE, device=V.device)
         pnorm = float(np.linalg.norm(c))
         new = theta + p
@@ -215,6 +229,10 @@ def _trust_region(run: _Run, theta: Tensor, max_iter: int) -> tuple[Tensor, str]
             lam = None
             if ginf <= run.tol:
                 return theta, "converged"
+            if float(theta.norm()) > rmax:      # still descending while the weights run away: no finite minimum here
+                run.info["unbounded"] = {"theta_norm": float(theta.norm()), "limit": rmax, "loss": loss,
+                                         "grad_inf": ginf}
+                return theta, "unbounded"
         if delta <= 1e-15 * (1.0 + float(theta.norm())):
             return theta, "stalled"
     return theta, "max_iter"
@@ -330,6 +348,7 @@ def minimise(landscape, theta0, *, grad_tol: float = 1e-10, max_iter: int = 2000
         reason = "stalled"
     info = {"n_params": P, "lr": lr, "adam_steps": adam_steps, "warmup": warmup, "seed": seed,
             "time_limit_s": time_limit_s, "max_iter": max_iter}
+    info.update(run.info)
     if run_info_error:
         info["error"] = run_info_error
     return MinimiseResult(theta=theta, loss=float(loss), grad_inf=ginf, converged=converged,

@@ -115,3 +115,22 @@ def test_cuda(toy):
     spec, land = _toy_land(toy, 4, device="cuda")
     r = minimise(land, spec.init(0).cuda())
     assert r.converged and r.theta.device.type == "cuda" and _measured(land, r.theta)[1] <= TOL
+
+
+def test_softmax_with_exact_flat_directions():
+    """10-way softmax on mnist (multinomial logistic regression: a finite minimum, n_0+1 exactly flat Hessian
+    directions from shifting all logits): the trust region must not spend its radius on those."""
+    task = make_task("mnist", seed=0, activation="tanh", pca=5, n_samples=300, target="class")
+    spec = MLPSpec((task.n_in, task.n_out), "tanh", True, task.output)
+    land = Landscape(spec, task.X, task.Y, device="cpu")
+    r = minimise(land, spec.init(0), time_limit_s=30)
+    assert r.converged and r.stop_reason == "converged" and _measured(land, r.theta)[1] <= TOL
+
+
+def test_minimum_at_infinity_ends_as_unbounded():
+    """tanh [4] on 300 mnist digits: the loss keeps falling as weights run away; end quickly, honestly."""
+    task = make_task("mnist", seed=0, activation="tanh", pca=10, n_samples=300, target="class")
+    spec = MLPSpec((task.n_in, 4, task.n_out), "tanh", True, task.output)
+    land = Landscape(spec, task.X, task.Y, device="cpu")
+    r = minimise(land, spec.init(0), time_limit_s=30)
+    assert r.stop_reason == "unbounded" and not r.converged and r.info["unbounded"]["theta_norm"] > 100
