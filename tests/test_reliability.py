@@ -118,7 +118,9 @@ def test_worker_and_trial_process_killed_mid_trial_are_retried(local_ray, tmp_pa
     from sweeps.spec import load_spec
     from tracking.store import results_uri
 
-    spec = load_spec(_spec("wkill", [0, 1], widths=[(5,)], max_failures=2, max_concurrent=2))
+    # relaxed paths make each trial last 10+ s even on a quiet machine, and a third trial is a spare target
+    spec = load_spec(_spec("wkill", [0, 1, 2], widths=[(5,)], max_failures=2, max_concurrent=2,
+                           grid={"path_relax": True}))
     keys = {t.key for t in plan(spec)}
     uri = results_uri(tmp_path)
     host = socket.gethostname()
@@ -129,20 +131,29 @@ def test_worker_and_trial_process_killed_mid_trial_are_retried(local_ray, tmp_pa
         try:
             deadline = time.time() + 240
             for what, tag in (("worker", "worker_pid"), ("trial", "trial_pid")):
-                taken = {k["key"] for k in killed.values()}
-                r = _poll_running(uri, "wkill", "trial_pid", deadline,
-                                  lambda r: r.data.tags["trial_key"] not in taken and r.data.tags.get("hostname") == host)
-                if r is None:
-                    errors.append(f"no RUNNING trial to kill its {what}")
-                    return
-                time.sleep(1.0)                       # mid-way through the trial
-                pid = int(r.data.tags[tag])
-                if what == "worker":
-                    cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
-                    assert b"ray" in cmd, cmd[:200]   # the Ray worker of this test's Ray, by its pid
-                os.kill(pid, signal.SIGKILL)
-                killed[what] = {"key": r.data.tags["trial_key"], "pid": pid, "run_id": r.info.run_id,
-                                "trial_pid": int(r.data.tags["trial_pid"])}
+                while what not in killed:
+                    taken = {k["key"] for k in killed.values()}
+                    r = _poll_running(uri, "wkill", "trial_pid", deadline,
+                                      lambda r: r.data.tags["trial_key"] not in taken
+                                      and r.data.tags.get("hostname") == host
+                                      and _alive(int(r.data.tags[tag])))
+                    if r is None:
+                        errors.append(f"no RUNNING trial to kill its {what}")
+                        return
+                    time.sleep(1.0)                   # mid-way through the trial
+                    pid = int(r.data.tags[tag])
+                    if what == "worker":
+                        try:
+                            cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+                        except FileNotFoundError:     # that trial ended meanwhile: take the next one
+                            continue
+                        assert b"ray" in cmd, cmd[:200]   # the Ray worker of this test's Ray, by its pid
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except ProcessLookupError:        # it finished within the second: take the next one
+                        continue
+                    killed[what] = {"key": r.data.tags["trial_key"], "pid": pid, "run_id": r.info.run_id,
+                                    "trial_pid": int(r.data.tags["trial_pid"])}
         except Exception as e:                        # surfaced by the main thread
             errors.append(repr(e))
 
@@ -153,7 +164,7 @@ def test_worker_and_trial_process_killed_mid_trial_are_retried(local_ray, tmp_pa
     th.join(timeout=30)
     assert not errors, errors
     assert set(killed) == {"worker", "trial"}, killed
-    assert s["finished"] == 2 and s["errored"] == 0 and s["failed"] == 0, out.getvalue()[-3000:]
+    assert s["finished"] == len(keys) and s["errored"] == 0 and s["failed"] == 0, out.getvalue()[-3000:]
     kids = _one_finished_per_key(uri, "wkill", keys)
     by_id = {r.info.run_id: r for r in kids}
     # the attempt whose Ray worker died: nobody could end it; the retry (or the driver) marked it KILLED
