@@ -57,9 +57,10 @@ def section(name: str, module, rows: list[dict], quick: bool, load_before: str) 
     lines = [f"<!-- bench:{name} -->", f"## {module.TITLE}", "",
              f"- Date: {datetime.datetime.now().isoformat(timespec='seconds')}; mode: {'quick' if quick else 'full'}",
              f"- Machine: {machine()}",
-             f"- Load average (1/5/15 min) before: {load_before}; after: {loadavg()}"
+             f"- Load average (1/5/15 min) before: {load_before}; after: {loadavg()} (the benchmark's own threads "
+             f"count: up to the number of cores is this run alone)"
              + (" — the machine was shared with other jobs; timings carry that noise." if
-                max(float(load_before.split()[0]), float(loadavg().split()[0])) > 0.5 * (os.cpu_count() or 1)
+                max(float(load_before.split()[0]), float(loadavg().split()[0])) > (os.cpu_count() or 1) + 0.5
                 else ""),
              "", "Targets:", ""]
     lines += [f"- {t}" for t in module.targets(rows)]

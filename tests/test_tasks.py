@@ -10,13 +10,7 @@ import torch
 from permsym_core.tasks import make_task
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The machine is shared: one BLAS thread avoids oversubscription (2 threads made the SVD 15x slower)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _sig(x):
