@@ -99,15 +99,6 @@ def _session_logs_mention(text: str) -> list[str]:
     return hits
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    import ray
-
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"RAY_USAGE_STATS_ENABLED": "0"}})
-    yield ray
-    ray.shutdown()
-
 
 # --- 1. a worker process killed mid-trial -------------------------------------------------------------------
 

@@ -56,17 +56,8 @@ def _assert_one_finished_per_key(uri: str, sweep: str, keys: set[str]):
     return c, finished
 
 
-@pytest.fixture(scope="module")
-def shared_ray():
-    import ray
 
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"RAY_USAGE_STATS_ENABLED": "0"}})
-    yield ray
-    ray.shutdown()
-
-
-def test_local_sweep_relaunch_and_time_limit(shared_ray, tmp_path):
+def test_local_sweep_relaunch_and_time_limit(local_ray, tmp_path):
     from sweeps.plan import plan
     from sweeps.runner import run_sweep
     from sweeps.spec import load_spec
@@ -105,7 +96,7 @@ def test_local_sweep_relaunch_and_time_limit(shared_ray, tmp_path):
     assert kids[0].data.tags["failure_reason"].startswith("time_limit")
 
 
-def test_driver_killed_then_resumed(shared_ray, tmp_path):
+def test_driver_killed_then_resumed(local_ray, tmp_path):
     from sweeps.plan import plan
     from sweeps.runner import run_sweep
     from sweeps.spec import load_spec
@@ -151,7 +142,7 @@ def test_driver_killed_then_resumed(shared_ray, tmp_path):
     assert len(finished) == 4
 
 
-def test_optuna_study_persists_and_continues(shared_ray, tmp_path):
+def test_optuna_study_persists_and_continues(local_ray, tmp_path):
     import optuna
 
     from sweeps.runner import run_sweep
@@ -186,7 +177,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_sweep_logs_to_a_real_mlflow_server(shared_ray, tmp_path):
+def test_sweep_logs_to_a_real_mlflow_server(local_ray, tmp_path):
     from sweeps.plan import plan
     from sweeps.runner import run_sweep
     from sweeps.spec import load_spec
@@ -229,7 +220,7 @@ def test_sweep_logs_to_a_real_mlflow_server(shared_ray, tmp_path):
         log.close()
 
 
-def test_two_node_cluster_runs_trials_on_both_nodes(shared_ray, tmp_path):
+def test_two_node_cluster_runs_trials_on_both_nodes(local_ray, tmp_path):
     import ray
     from ray.cluster_utils import Cluster
 
