@@ -110,15 +110,16 @@ def test_driver_killed_then_resumed(local_ray, tmp_path):
     uri = results_uri(results)
     env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
     env.pop("RAY_ADDRESS", None)
+    driver_log = tmp_path / "driver.log"
     proc = subprocess.Popen([sys.executable, "-m", "sweeps.cli", "sweep", str(spec_file), "--results", str(results)],
-                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=driver_log.open("w"),
                             start_new_session=True)
     try:
         deadline = time.time() + 240
         n_done = 0
         while time.time() < deadline and proc.poll() is None:
             time.sleep(0.3)
-            if (results / "mlflow.db").exists():
+            if (results / "mlflow.db").exists():    # the driver links it into place complete (create_sqlite_store)
                 try:
                     _c, kids, _p = _children(uri, "killed")
                 except Exception:
@@ -126,7 +127,8 @@ def test_driver_killed_then_resumed(local_ray, tmp_path):
                 n_done = sum(r.info.status == "FINISHED" for r in kids)
                 if n_done >= 1:
                     break
-        assert proc.poll() is None, "the sweep ended before it could be interrupted"
+        assert proc.poll() is None, ("the sweep ended before it could be interrupted:\n"
+                                     + "\n".join(driver_log.read_text().splitlines()[-15:]))
         assert 1 <= n_done < 4
         os.kill(proc.pid, signal.SIGKILL)           # the driver, by its pid
         proc.wait(timeout=30)

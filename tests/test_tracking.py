@@ -74,6 +74,31 @@ def test_store_paths_and_prepare_idempotent(template, tmp_path):
     assert store.server_env({})["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "false"
 
 
+def test_prepare_store_by_several_processes_at_once(tmp_path):
+    """Three drivers start on one new results folder in the same instant: without the build-aside-and-link
+    creation this broke the file for good (left `_alembic_tmp_metrics` and a stuck alembic version)."""
+    import sqlite3
+
+    uri = store.results_uri(tmp_path / "r")
+    start = time.time() + 6                         # after every process has imported mlflow
+    code = ("import sys, time; from tracking import store\n"
+            f"while time.time() < {start}: pass\n"
+            f"print(store.prepare_store({uri!r}, 'exp'))")
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for _ in range(3)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], [e[-400:] for _o, e in outs]
+    assert len({o.strip() for o, _e in outs}) == 1
+    con = sqlite3.connect(tmp_path / "r" / "mlflow.db")
+    assert not con.execute("SELECT name FROM sqlite_master WHERE name LIKE '%alembic_tmp%'").fetchall()
+    assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert [n for (n,) in con.execute("SELECT name FROM experiments")].count("exp") == 1
+    assert sorted(p.name for p in (tmp_path / "r").iterdir() if p.name.endswith(".tmp")) == []
+    con.close()
+    assert _client(uri).get_experiment_by_name("exp") is not None      # a later client opens it as it is
+
+
 def _check_finished_run(uri, exp, rid, record, tmp_path):
     c = _client(uri)
     run = c.get_run(rid)

@@ -2,13 +2,15 @@
 
 The embedded default is SQLite at an absolute path (`sqlite:///<results>/mlflow.db`) with artifacts beside
 it (`<results>/artifacts`). The driver calls `prepare_store` once: concurrent first-time migrations of one
-SQLite file crash workers (measured, see DESIGN.md section 3), so the database, its migrations and the
-experiment must exist before the first trial starts.
+SQLite file crash workers and can break the file for good (measured, see DESIGN.md section 3 and
+`create_sqlite_store`), so the database is built aside and linked into place whole, and it and the
+experiment exist before the first trial starts.
 """
 from __future__ import annotations
 
 import os
 import sqlite3
+import uuid
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -73,12 +75,41 @@ def enable_wal(db_path: str | os.PathLike) -> str:
     return str(mode)
 
 
+def create_sqlite_store(db: Path, wal: bool = True) -> bool:
+    """Create a fully migrated MLflow SQLite database at `db`, atomically; False if one was already there.
+
+    MLflow creates tables and runs its migrations in whichever process opens a new file first, and two
+    processes doing that at once break the file for good (measured: three clients started together left
+    `_alembic_tmp_metrics` behind and an alembic version that no later client could upgrade from). So the
+    tables are built in a private file beside `db`, switched to WAL, and hard-linked into place: another
+    process (a second driver, the UI, a test polling for results) sees either no database or a complete one.
+    """
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    if db.exists():
+        return False
+    tmp = db.with_name(f".{db.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        store = SqlAlchemyStore(f"sqlite:///{tmp}", str(db.parent / "artifacts"))   # tables + migrations
+        store.engine.dispose()                     # no pooled connection may outlive the rename
+        if wal:
+            enable_wal(tmp)
+        try:
+            os.link(tmp, db)                       # fails if another process put its database there first
+        except FileExistsError:
+            return False
+        return True
+    finally:
+        for leftover in (tmp, Path(f"{tmp}-wal"), Path(f"{tmp}-shm")):
+            leftover.unlink(missing_ok=True)
+
+
 def prepare_store(tracking_uri: str, experiment_name: str, artifact_root: str | os.PathLike | None = None,
                   wal: bool = True) -> str:
     """Create the store (tables, migrations) and the experiment if needed; return the experiment id.
 
     Idempotent: a second call (or a relaunched sweep) returns the same id. For SQLite, the parent folder is
-    created, WAL is switched on (`wal=False` keeps the rollback journal) and, unless `artifact_root` says
+    created atomically with WAL on (`create_sqlite_store`; `wal=False` keeps the rollback journal) and, unless `artifact_root` says
     otherwise, the experiment's artifacts go to `<db folder>/artifacts/<experiment name>`. For a server,
     the server decides where artifacts go unless `artifact_root` is given.
     """
@@ -97,9 +128,9 @@ def prepare_store(tracking_uri: str, experiment_name: str, artifact_root: str | 
             root = Path(root).resolve().as_uri()
         location = f"{root.rstrip('/')}/{experiment_name}"
 
-    client = MlflowClient(tracking_uri)          # for SQLite this creates the tables and runs migrations
-    if db is not None and wal:
-        enable_wal(db)
+    if db is not None and not create_sqlite_store(db, wal=wal) and wal:
+        enable_wal(db)                             # a store made elsewhere; a no-op when it is WAL already
+    client = MlflowClient(tracking_uri)
     exp = client.get_experiment_by_name(experiment_name)
     if exp is None:
         try:
