@@ -1,6 +1,24 @@
 """Fixtures shared by several test modules."""
+import os
+
 import pytest
 import torch
+
+#: Settings that change where sweeps write and query: no test may leave them to the tests after it.
+ROUTING_ENV = ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")
+
+
+@pytest.fixture(autouse=True)
+def no_routing_env_leaks():
+    """`mlflow.set_tracking_uri` also sets MLFLOW_TRACKING_URI in os.environ, which `run_sweep` honours: one
+    test that set it sent a later module's sweeps to a server that had been stopped. Restore both after each."""
+    saved = {k: os.environ.get(k) for k in ROUTING_ENV}
+    yield
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
 
 
 @pytest.fixture(scope="module")

@@ -132,6 +132,10 @@ def test_driver_killed_then_resumed(local_ray, tmp_path):
         assert 1 <= n_done < 4
         os.kill(proc.pid, signal.SIGKILL)           # the driver, by its pid
         proc.wait(timeout=30)
+        try:                                        # and what it started (its own Ray), so no late write lands
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
     finally:
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)

@@ -130,7 +130,10 @@ def _check_finished_run(uri, exp, rid, record, tmp_path):
     import mlflow
 
     mlflow.set_tracking_uri(uri)           # MlflowClient.load_table searches through the global URI
-    table = c.load_table(exp, "points.json", run_ids=[rid], extra_columns=["run_id"])
+    try:
+        table = c.load_table(exp, "points.json", run_ids=[rid], extra_columns=["run_id"])
+    finally:
+        mlflow.set_tracking_uri(None)      # it also set MLFLOW_TRACKING_URI, which later sweeps would honour
     assert len(table) == len(record["points"])
     assert list(table["index"]) == [p["index"] for p in record["points"]]
 
