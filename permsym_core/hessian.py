@@ -60,8 +60,8 @@ def structured_hessian(landscape, theta: Tensor) -> Tensor:
     dsig = [act.df(z) for z in cache.zs[:-1]]
     deltas, s = _backprop(landscape, Ws, cache, dsig)
     P = spec.n_params
-    H = torch.zeros(P, P, dtype=DTYPE, device=theta.device)
-    _add_gauss_newton(H, landscape, Ws, cache, dsig)
+    H = torch.empty(P, P, dtype=DTYPE, device=theta.device)
+    _add_gauss_newton(H, landscape, Ws, cache, dsig, first=True)   # writes every entry of H
     _add_residual(H, spec, Ws, hts, dsig, deltas, s)
     _symmetrise_(H)
     return H
@@ -111,8 +111,9 @@ def _sample_chunks(N: int, per_sample: int):
 # ---------------------------------------------------------------- Gauss-Newton part
 
 
-def _add_gauss_newton(H, landscape, Ws, cache, dsig) -> None:
-    """H += A^T A with A[(n,o), (k,a,i)] = (C_n^T J_k)[o,a] ~h_{k-1}[n,i], chunked over samples."""
+def _add_gauss_newton(H, landscape, Ws, cache, dsig, first: bool = False) -> None:
+    """H += A^T A with A[(n,o), (k,a,i)] = (C_n^T J_k)[o,a] ~h_{k-1}[n,i], chunked over samples
+    (`first`: H = A^T A, H's prior contents are ignored, so it may come from torch.empty)."""
     spec = landscape.spec
     d = len(Ws)
     Js: list = [None] * d
@@ -132,7 +133,7 @@ def _add_gauss_newton(H, landscape, Ws, cache, dsig) -> None:
             if b0 is not None:
                 A[:, :, b0:b0 + n_out] = J
         A = A.reshape(-1, P)
-        H.addmm_(A.T, A)
+        H.addmm_(A.T, A, beta=0.0 if first and sl.start == 0 else 1.0)
 
 
 # ---------------------------------------------------------------- residual part
@@ -154,11 +155,15 @@ def _dense_residual_z(Ws, dsig, s) -> list[Tensor | None]:
     d = len(Ws)
     F: list = [None] * d
     for k in range(d - 2, 0, -1):  # 1-based layer k, needs Rz_{k+1} = diag(s_{k+1}) + F_{k+1}
-        M = Ws[k][None] * dsig[k - 1][:, None, :]  # (N, n_{k+1}, n_k)
-        RM = s[k][:, :, None] * M
+        W, ds = Ws[k], dsig[k - 1]                 # M = W diag(sigma'_k): (n_{k+1}, n_k) per sample
+        # M^T diag(s_{k+1}) M = diag(ds) (sum_a s[n,a] W[a,i] W[a,j]) diag(ds): one (N x n_{k+1}) GEMM
+        WW = (W[:, :, None] * W[:, None, :]).reshape(W.shape[0], -1)
+        Fk = (s[k] @ WW).view(-1, W.shape[1], W.shape[1])
+        Fk.mul_(ds[:, :, None]).mul_(ds[:, None, :])
         if F[k] is not None:
-            RM = RM + F[k] @ M
-        F[k - 1] = M.transpose(1, 2) @ RM
+            M = W[None] * ds[:, None, :]
+            Fk += M.transpose(1, 2) @ (F[k] @ M)
+        F[k - 1] = Fk
     return F
 
 
@@ -169,11 +174,11 @@ def _add_residual(H, spec, Ws, hts, dsig, deltas, s) -> None:
     F = _dense_residual_z(Ws, dsig, s)
     for k in range(1, d + 1):
         if k < d:  # diag(s_k): block-diagonal in the unit a
-            Bd = torch.einsum("na,ni,nj->aij", s[k - 1], hts[k - 1], hts[k - 1])
+            Bd = _outer3(s[k - 1], hts[k - 1], hts[k - 1])
             _add_block(H, spec, k, k, Bd, mode="unit")
         for l in range(1, k + 1):
             if l == k - 1:  # sparse cross term: delta_k[a] sigma'_{k-1}[i] (i = b) ~h_{k-2}[j]
-                Bc = torch.einsum("na,ni,nj->aij", deltas[k - 1], dsig[k - 2], hts[l - 1])
+                Bc = _outer3(deltas[k - 1], dsig[k - 2], hts[l - 1])
                 _add_block(H, spec, k, l, Bc, mode="input")
                 if k < d and F[k - 1] is None:  # Rz_k = diag(s_k): Q[n,a,b] = s_k[a] W_k[a,b] sigma'_l[b]
                     Bs = _separable_block(Ws[k - 1], s[k - 1], dsig[l - 1], hts[k - 1], hts[l - 1])
@@ -219,10 +224,35 @@ def _dense_block(k, l, Q, T, hts, dsig, deltas, cross: bool) -> Tensor:
     return B
 
 
+def _outer3(x: Tensor, y: Tensor, z: Tensor) -> Tensor:
+    """sum_n x[n,a] y[n,i] z[n,j] -> [a,i,j] as one GEMM over samples: the pair with the smaller outer
+    product per sample is formed (chunked) and multiplied with the third."""
+    N = x.shape[0]
+    na, ni, nj = x.shape[1], y.shape[1], z.shape[1]
+    pairs = {"yz": ni * nj, "xz": na * nj, "xy": na * ni}
+    pick = min(pairs, key=pairs.get)
+    u, v, w = {"yz": (y, z, x), "xz": (x, z, y), "xy": (x, y, z)}[pick]
+    out = torch.zeros(u.shape[1] * v.shape[1], w.shape[1], dtype=DTYPE, device=x.device)
+    for sl in _sample_chunks(N, pairs[pick]):
+        UV = (u[sl][:, :, None] * v[sl][:, None, :]).reshape(sl.stop - sl.start, -1)
+        out.addmm_(UV.T, w[sl])
+    out = out.view(u.shape[1], v.shape[1], w.shape[1])
+    return {"yz": out.permute(2, 0, 1), "xz": out.permute(0, 2, 1), "xy": out}[pick]
+
+
 def _weighted_outer(Q: Tensor, hk: Tensor, hl: Tensor) -> Tensor:
-    """sum_n Q[n,a,b] hk[n,i] hl[n,j] -> [a,i,b,j]: expand the narrower input into Q, GEMM with the wider."""
+    """sum_n Q[n,a,b] hk[n,i] hl[n,j] -> [a,i,b,j], as one GEMM over samples with the smaller intermediate:
+    (hk x hl)^T Q (N x i*j per chunk; usual, the inputs are narrow) or (Q x narrow input)^T (wider input)."""
     N, na, nb = Q.shape
-    swap = hk.shape[1] < hl.shape[1]
+    ni, nj = hk.shape[1], hl.shape[1]
+    if ni * nj <= na * nb * min(ni, nj):
+        out = torch.zeros(ni * nj, na * nb, dtype=DTYPE, device=Q.device)
+        Qf = Q.reshape(N, na * nb)
+        for sl in _sample_chunks(N, ni * nj):
+            K = (hk[sl][:, :, None] * hl[sl][:, None, :]).reshape(sl.stop - sl.start, -1)
+            out.addmm_(K.T, Qf[sl])
+        return out.reshape(ni, nj, na, nb).permute(2, 0, 3, 1)
+    swap = ni < nj
     narrow, wide = (hk, hl) if swap else (hl, hk)
     out = torch.zeros(na * nb * narrow.shape[1], wide.shape[1], dtype=DTYPE, device=Q.device)
     for sl in _sample_chunks(N, na * nb * narrow.shape[1]):
@@ -233,13 +263,22 @@ def _weighted_outer(Q: Tensor, hk: Tensor, hl: Tensor) -> Tensor:
 
 
 def _cross_term(delta: Tensor, g: Tensor, hl: Tensor) -> Tensor:
-    """sum_n delta[n,a] g[n,i,b] hl[n,j] -> [a,i,b,j] as one GEMM over samples, chunked."""
+    """sum_n delta[n,a] g[n,i,b] hl[n,j] -> [a,i,b,j] as one GEMM over samples, chunked: (delta x hl)^T g
+    (N x a*j intermediate) or, when that is the larger, delta^T (g x hl)."""
     N, ni, nb = g.shape
-    out = torch.zeros(delta.shape[1], ni * nb * hl.shape[1], dtype=DTYPE, device=g.device)
-    for sl in _sample_chunks(N, ni * nb * hl.shape[1]):
+    na, nj = delta.shape[1], hl.shape[1]
+    if na * nj <= ni * nb * nj:
+        out = torch.zeros(na * nj, ni * nb, dtype=DTYPE, device=g.device)
+        gf = g.reshape(N, ni * nb)
+        for sl in _sample_chunks(N, na * nj):
+            D = (delta[sl][:, :, None] * hl[sl][:, None, :]).reshape(sl.stop - sl.start, -1)
+            out.addmm_(D.T, gf[sl])
+        return out.reshape(na, nj, ni, nb).permute(0, 2, 3, 1)
+    out = torch.zeros(na, ni * nb * nj, dtype=DTYPE, device=g.device)
+    for sl in _sample_chunks(N, ni * nb * nj):
         V = (g[sl][:, :, :, None] * hl[sl][:, None, None, :]).reshape(sl.stop - sl.start, -1)
         out.addmm_(delta[sl].T, V)
-    return out.reshape(delta.shape[1], ni, nb, hl.shape[1])
+    return out.reshape(na, ni, nb, nj)
 
 
 # ---------------------------------------------------------------- assembly

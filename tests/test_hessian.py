@@ -92,9 +92,53 @@ def test_landscape_hessian_is_structured_and_chunking_is_exact(monkeypatch):
     assert rel_diff(H_full, autodiff_hessian(L, theta)) <= ORACLE_TOL
 
 
+def test_gauss_newton_overwrites_what_was_in_memory(monkeypatch):
+    """The build starts from torch.empty: the first Gauss-Newton GEMM must overwrite (beta = 0), never add to
+    or propagate whatever the memory held, NaN included, also when the samples come in several chunks."""
+    L, theta = make_landscape("gelu", (3, 4, 2), (True, True), "regression", n=23)
+    ref = structured_hessian(L, theta)
+    monkeypatch.setattr(hessian_mod.torch, "empty", lambda *a, **k: torch.full(a, float("nan"), dtype=DTYPE))
+    for chunk in (1 << 25, 50):
+        monkeypatch.setattr(hessian_mod, "CHUNK_ELEMS", chunk)
+        H = structured_hessian(L, theta)
+        assert bool(torch.isfinite(H).all()) and rel_diff(H, ref) <= 1e-13
+
+
 def test_depth_four_mixed_biases():
     L, theta = make_landscape("g", (2, 3, 4, 3, 2), (True, False, True, False), "regression")
     assert rel_diff(structured_hessian(L, theta), autodiff_hessian(L, theta)) <= ORACLE_TOL
+
+
+@pytest.mark.parametrize("widths", [(3, 1, 4, 2), (4, 5, 1, 3, 1), (2, 1, 1, 2)])
+def test_width_one_hidden_layers(widths):
+    """A one-unit hidden layer makes the other contraction orders the cheaper ones (see the next test)."""
+    L, theta = make_landscape("softplus", widths, tuple(True for _ in widths[1:]), "regression")
+    assert rel_diff(structured_hessian(L, theta), autodiff_hessian(L, theta)) <= ORACLE_TOL
+
+
+@pytest.mark.parametrize("chunk", [1 << 25, 40])
+def test_every_contraction_order_agrees_with_einsum(monkeypatch, chunk):
+    """_outer3, _weighted_outer and _cross_term pick the GEMM with the smallest intermediate from the shapes;
+    each choice (and sample chunking) must give einsum's numbers."""
+    monkeypatch.setattr(hessian_mod, "CHUNK_ELEMS", chunk)
+    gen = torch.Generator().manual_seed(3)
+
+    def r(*shape):
+        return torch.randn(*shape, generator=gen, dtype=DTYPE)
+
+    n = 17
+    for na, ni, nj in [(9, 2, 7), (2, 9, 7), (2, 7, 9), (1, 1, 1)]:      # pairs yz, xz, xy smallest
+        x, y, z = r(n, na), r(n, ni), r(n, nj)
+        ref = torch.einsum("na,ni,nj->aij", x, y, z)
+        assert rel_diff(hessian_mod._outer3(x, y, z), ref) <= 1e-13
+    for na, nb, ni, nj in [(5, 4, 3, 2), (1, 1, 6, 5), (1, 1, 5, 6)]:  # (hk x hl)^T Q; Q x narrow, both sides
+        Q, hk, hl = r(n, na, nb), r(n, ni), r(n, nj)
+        ref = torch.einsum("nab,ni,nj->aibj", Q, hk, hl)
+        assert rel_diff(hessian_mod._weighted_outer(Q, hk, hl), ref) <= 1e-13
+    for na, ni, nb, nj in [(2, 4, 3, 5), (7, 1, 1, 3)]:                 # (delta x hl)^T g; delta^T (g x hl)
+        delta, g, hl = r(n, na), r(n, ni, nb), r(n, nj)
+        ref = torch.einsum("na,nib,nj->aibj", delta, g, hl)
+        assert rel_diff(hessian_mod._cross_term(delta, g, hl), ref) <= 1e-13
 
 
 def test_memory_estimates():
