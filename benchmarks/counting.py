@@ -27,7 +27,7 @@ lambda = {len(N_NEG)} small negative eigenvalues {list(N_NEG)}, {N_ZERO} exact z
 1e{BULK[0]:g}..1e{BULK[1]:g} and outliers {list(OUTLIERS)}; float64, symmetrised. tau = the round-off floor of spectra.derive_tau,
 10 P eps max|lambda| (|grad|_inf = {GRAD_INF:g}; 4e-8 at P = 10,000, 2.4 decades below the smallest non-zero
 |lambda|), the same tau for both methods. Only the counting is timed (building Q at P = 10,000 takes longer than counting); each method is
-timed as the best of 5 calls (P = 1,000), 3 (P <= 3,000), 2 (P = 5,000) or 1 (P = 10,000). `slicing` = spectra.count (LDL^T of H + tau I and H - tau I:
+timed as the best of 5 calls (P = 1,000), 3 (P <= 3,000) or 2 (P >= 5,000). `slicing` = spectra.count (LDL^T of H + tau I and H - tau I:
 torch.linalg.ldl_factor_ex, the default on every device); on CPU the LAPACK backend is timed too
 (`slicing, LAPACK dsytrf backend`), for comparison; baseline = spectra.eigenvalues (torch eigvalsh)
 plus spectra.counts_from_eigenvalues. `agreement`: "identical" when both give the same (index, n_zero, n_pos),
@@ -80,7 +80,7 @@ def by_slicing_lapack(H: torch.Tensor, tau: float) -> tuple[int, int, int]:
 
 def repeats(P: int) -> int:
     """Calls per method: best of several where a call is short (a shared machine makes single calls noisy)."""
-    return 5 if P <= 1000 else (3 if P <= 3000 else (2 if P <= 5000 else 1))
+    return 5 if P <= 1000 else (3 if P <= 3000 else 2)
 
 
 def best_of(fn, n: int, *args):

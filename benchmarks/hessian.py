@@ -33,8 +33,10 @@ when a build was timed on a block of columns). A baseline predicted (from its ti
 scaled as P^2 N) to exceed the run's per-build budget is skipped, except the chunked HVP build and the
 loop, which are then timed on a block of columns and scaled to P columns (a whole number of vmap chunks for the HVP build;
 rows of the gradient's Jacobian, one double backward each, for the loop): their work is the same for every
-column, so this measures their rate rather than guessing it. OOM: the memory estimate exceeds half of the free
-memory (the builds are not attempted). The GEMM row is one 4000 x 4000 float64 matmul; `structured` rows give
+column, so this measures their rate rather than guessing it. OOM: 4 times the memory estimate exceeds the free
+memory (the builds are not attempted). Timing: the GEMM row and every structured build are the best of 3 calls
+(single calls of the same build varied by 1.5x here); a baseline is the best of up to 3 calls within 1 s, one
+call when a call takes longer. The GEMM row is a 4000 x 4000 float64 matmul; `structured` rows give
 their GFLOP/s (flops of the GEMM-shaped work: 2 N o P^2 for Gauss-Newton plus the dense residual blocks) and
 the fraction of that peak. Scaling cases: softplus, 10 inputs, 1 output, biases, Gaussian inputs, N = 1000,
 2 threads. Toy cases (the paper's sizes): softplus, 2 inputs, k hidden units, biases, 1 output, N = 1000
@@ -147,7 +149,7 @@ def timed(fn, *args, min_seconds: float = 1.0, max_repeats: int = 5):
 def gemm_peak(n: int = 4000) -> tuple[float, float]:
     """(seconds, GFLOP/s) of the best of three n x n float64 matmuls on the default device."""
     a = torch.randn(n, n, dtype=DTYPE, device=default_device())
-    seconds, _ = timed(torch.mm, a, a, min_seconds=0, max_repeats=3)
+    seconds, _ = timed(torch.mm, a, a, min_seconds=float("inf"), max_repeats=3)
     return seconds, 2 * n ** 3 / seconds / 1e9
 
 
@@ -189,7 +191,7 @@ def run_case(case: Case, history: dict, budget_s: float) -> list[dict]:
     base = dict(benchmark="hessian", case=f"{case.name} (N={case.N})", P=P, threads=case.threads)
     if not dense_fits(P, L.device, copies=2):
         return [dict(base, method="structured", note="dense H does not fit")]
-    t_s, H = timed(structured_hessian, L, theta)
+    t_s, H = timed(structured_hessian, L, theta, min_seconds=float("inf"), max_repeats=3)
     rows, times = [], {}
     family = case.name.split()[0] + str(case.threads)
     for name, build, need in methods(case):
