@@ -34,8 +34,8 @@ plus spectra.counts_from_eigenvalues. `agreement`: "identical" when both give th
 which must also equal the designed counts; the counts are in `note`. Threads: torch's 2 threads (eigvalsh, LDL^T)
 and the BLAS threads scipy's LAPACK uses (dsytrf; all cores by default). Why slicing is near 1.5x at P = 10,000 and no
 more: it is two LDL^T factorisations (P^3/3 flops each) against one eigvalsh (about 4P^3/3 for its tridiagonal
-reduction), at most 2x by flop count, and the pivoted factorisation runs at a lower rate (6x at P = 1,000 comes
-from eigvalsh's fixed costs at small P); run to run it
+reduction), at most 2x by flop count if both ran at one rate (the 6x at P = 1,000 says eigvalsh runs at a far
+lower rate at small P; the gap closes as P grows); run to run it
 lands on either side of 1.5x here (1.46x and 1.53x in the last two full runs). The LAPACK backend is faster on
 a quiet machine but slowed 8x when the cores were shared, so it is not the default."""
 
