@@ -224,61 +224,49 @@ def _dense_block(k, l, Q, T, hts, dsig, deltas, cross: bool) -> Tensor:
     return B
 
 
+def _pair_gemm(u: Tensor, v: Tensor, w: Tensor) -> Tensor:
+    """sum_n (u[n] outer v[n]) w[n]^T -> (nu * nv, nw): the outer product is formed per chunk of samples only,
+    so every contraction of three per-sample factors is one GEMM over samples."""
+    N = u.shape[0]
+    out = torch.zeros(u.shape[1] * v.shape[1], w.shape[1], dtype=DTYPE, device=u.device)
+    for sl in _sample_chunks(N, u.shape[1] * v.shape[1]):
+        uv = (u[sl][:, :, None] * v[sl][:, None, :]).reshape(sl.stop - sl.start, -1)
+        out.addmm_(uv.T, w[sl])
+    return out
+
+
 def _outer3(x: Tensor, y: Tensor, z: Tensor) -> Tensor:
-    """sum_n x[n,a] y[n,i] z[n,j] -> [a,i,j] as one GEMM over samples: the pair with the smaller outer
-    product per sample is formed (chunked) and multiplied with the third."""
-    N = x.shape[0]
+    """sum_n x[n,a] y[n,i] z[n,j] -> [a,i,j]; the pair with the smaller outer product per sample is formed."""
     na, ni, nj = x.shape[1], y.shape[1], z.shape[1]
-    pairs = {"yz": ni * nj, "xz": na * nj, "xy": na * ni}
-    pick = min(pairs, key=pairs.get)
-    u, v, w = {"yz": (y, z, x), "xz": (x, z, y), "xy": (x, y, z)}[pick]
-    out = torch.zeros(u.shape[1] * v.shape[1], w.shape[1], dtype=DTYPE, device=x.device)
-    for sl in _sample_chunks(N, pairs[pick]):
-        UV = (u[sl][:, :, None] * v[sl][:, None, :]).reshape(sl.stop - sl.start, -1)
-        out.addmm_(UV.T, w[sl])
-    out = out.view(u.shape[1], v.shape[1], w.shape[1])
-    return {"yz": out.permute(2, 0, 1), "xz": out.permute(0, 2, 1), "xy": out}[pick]
+    if ni * nj <= min(na * nj, na * ni):
+        return _pair_gemm(y, z, x).view(ni, nj, na).permute(2, 0, 1)
+    if na * nj <= na * ni:
+        return _pair_gemm(x, z, y).view(na, nj, ni).permute(0, 2, 1)
+    return _pair_gemm(x, y, z).view(na, ni, nj)
 
 
 def _weighted_outer(Q: Tensor, hk: Tensor, hl: Tensor) -> Tensor:
-    """sum_n Q[n,a,b] hk[n,i] hl[n,j] -> [a,i,b,j], as one GEMM over samples with the smaller intermediate:
-    (hk x hl)^T Q (N x i*j per chunk; usual, the inputs are narrow) or (Q x narrow input)^T (wider input)."""
+    """sum_n Q[n,a,b] hk[n,i] hl[n,j] -> [a,i,b,j] with the smaller intermediate: (hk x hl)^T Q (N x i*j; usual,
+    the inputs are narrow) or (Q x narrower input)^T (wider input)."""
     N, na, nb = Q.shape
     ni, nj = hk.shape[1], hl.shape[1]
+    Qf = Q.reshape(N, na * nb)
     if ni * nj <= na * nb * min(ni, nj):
-        out = torch.zeros(ni * nj, na * nb, dtype=DTYPE, device=Q.device)
-        Qf = Q.reshape(N, na * nb)
-        for sl in _sample_chunks(N, ni * nj):
-            K = (hk[sl][:, :, None] * hl[sl][:, None, :]).reshape(sl.stop - sl.start, -1)
-            out.addmm_(K.T, Qf[sl])
-        return out.reshape(ni, nj, na, nb).permute(2, 0, 3, 1)
-    swap = ni < nj
-    narrow, wide = (hk, hl) if swap else (hl, hk)
-    out = torch.zeros(na * nb * narrow.shape[1], wide.shape[1], dtype=DTYPE, device=Q.device)
-    for sl in _sample_chunks(N, na * nb * narrow.shape[1]):
-        U = (Q[sl][:, :, :, None] * narrow[sl][:, None, None, :]).reshape(sl.stop - sl.start, -1)
-        out.addmm_(U.T, wide[sl])
-    out = out.reshape(na, nb, narrow.shape[1], wide.shape[1])  # [a, b, narrow, wide]
-    return out.permute(0, 2, 1, 3) if swap else out.permute(0, 3, 1, 2)
+        return _pair_gemm(hk, hl, Qf).view(ni, nj, na, nb).permute(2, 0, 3, 1)
+    if ni < nj:
+        return _pair_gemm(Qf, hk, hl).view(na, nb, ni, nj).permute(0, 2, 1, 3)
+    return _pair_gemm(Qf, hl, hk).view(na, nb, nj, ni).permute(0, 3, 1, 2)
 
 
 def _cross_term(delta: Tensor, g: Tensor, hl: Tensor) -> Tensor:
-    """sum_n delta[n,a] g[n,i,b] hl[n,j] -> [a,i,b,j] as one GEMM over samples, chunked: (delta x hl)^T g
-    (N x a*j intermediate) or, when that is the larger, delta^T (g x hl)."""
+    """sum_n delta[n,a] g[n,i,b] hl[n,j] -> [a,i,b,j]: (delta x hl)^T g (N x a*j intermediate) or, when that
+    is the larger, (g x hl)^T delta."""
     N, ni, nb = g.shape
     na, nj = delta.shape[1], hl.shape[1]
-    if na * nj <= ni * nb * nj:
-        out = torch.zeros(na * nj, ni * nb, dtype=DTYPE, device=g.device)
-        gf = g.reshape(N, ni * nb)
-        for sl in _sample_chunks(N, na * nj):
-            D = (delta[sl][:, :, None] * hl[sl][:, None, :]).reshape(sl.stop - sl.start, -1)
-            out.addmm_(D.T, gf[sl])
-        return out.reshape(na, nj, ni, nb).permute(0, 2, 3, 1)
-    out = torch.zeros(na, ni * nb * nj, dtype=DTYPE, device=g.device)
-    for sl in _sample_chunks(N, ni * nb * nj):
-        V = (g[sl][:, :, :, None] * hl[sl][:, None, None, :]).reshape(sl.stop - sl.start, -1)
-        out.addmm_(delta[sl].T, V)
-    return out.reshape(na, ni, nb, nj)
+    gf = g.reshape(N, ni * nb)
+    if na <= ni * nb:
+        return _pair_gemm(delta, hl, gf).view(na, nj, ni, nb).permute(0, 2, 3, 1)
+    return _pair_gemm(gf, hl, delta).view(ni, nb, nj, na).permute(3, 0, 1, 2)
 
 
 # ---------------------------------------------------------------- assembly
