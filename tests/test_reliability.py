@@ -29,6 +29,7 @@ from pathlib import Path
 import pytest
 import yaml
 from click.testing import CliRunner
+from fixtures.mlflow_helpers import sweep_runs
 
 os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
 
@@ -47,16 +48,7 @@ def _spec(name: str, seeds, widths=((3,),), **over) -> dict:
 
 
 def _trial_runs(uri: str, sweep: str) -> list:
-    from mlflow import MlflowClient
-
-    from tracking.store import sqlite_path
-
-    db = sqlite_path(uri)
-    if db is not None and not db.exists():            # opening it would create it and race the driver's migrations
-        return []
-    c = MlflowClient(uri)
-    exps = [e.experiment_id for e in c.search_experiments()]
-    runs = c.search_runs(exps, filter_string=f"tags.sweep = '{sweep}'", max_results=1000)
+    _c, runs = sweep_runs(uri, sweep)
     return [r for r in runs if r.data.tags.get("trial_key")]
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from fixtures.mlflow_helpers import sweep_runs
 
 os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
 pytestmark = pytest.mark.slow
@@ -33,16 +34,8 @@ def _spec(name: str, seeds, **over) -> dict:
     return d
 
 
-def _runs(uri: str, sweep: str):
-    from mlflow import MlflowClient
-
-    c = MlflowClient(uri)
-    exps = [e.experiment_id for e in c.search_experiments()]
-    return c, c.search_runs(exps, filter_string=f"tags.sweep = '{sweep}'", max_results=1000)
-
-
 def _children(uri: str, sweep: str):
-    c, runs = _runs(uri, sweep)
+    c, runs = sweep_runs(uri, sweep)
     return c, [r for r in runs if r.data.tags.get("trial_key")], [r for r in runs if not r.data.tags.get("trial_key")]
 
 
@@ -119,14 +112,13 @@ def test_driver_killed_then_resumed(local_ray, tmp_path):
         n_done = 0
         while time.time() < deadline and proc.poll() is None:
             time.sleep(0.3)
-            if (results / "mlflow.db").exists():    # the driver links it into place complete (create_sqlite_store)
-                try:
-                    _c, kids, _p = _children(uri, "killed")
-                except Exception:
-                    continue
-                n_done = sum(r.info.status == "FINISHED" for r in kids)
-                if n_done >= 1:
-                    break
+            try:                                    # no runs until the driver has made the store
+                _c, kids, _p = _children(uri, "killed")
+            except Exception:
+                continue
+            n_done = sum(r.info.status == "FINISHED" for r in kids)
+            if n_done >= 1:
+                break
         assert proc.poll() is None, ("the sweep ended before it could be interrupted:\n"
                                      + "\n".join(driver_log.read_text().splitlines()[-15:]))
         assert 1 <= n_done < 4

@@ -109,8 +109,9 @@ def prepare_store(tracking_uri: str, experiment_name: str, artifact_root: str | 
     """Create the store (tables, migrations) and the experiment if needed; return the experiment id.
 
     Idempotent: a second call (or a relaunched sweep) returns the same id. For SQLite, the parent folder is
-    created atomically with WAL on (`create_sqlite_store`; `wal=False` keeps the rollback journal) and, unless `artifact_root` says
-    otherwise, the experiment's artifacts go to `<db folder>/artifacts/<experiment name>`. For a server,
+    created, the database is created whole with WAL on (`create_sqlite_store`; `wal=False` keeps the rollback
+    journal) and, unless `artifact_root` says otherwise, the experiment's artifacts go to
+    `<db folder>/artifacts/<experiment name>`. For a server,
     the server decides where artifacts go unless `artifact_root` is given.
     """
     from mlflow import MlflowClient
