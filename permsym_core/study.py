@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import time
 from itertools import combinations
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -23,6 +23,7 @@ from .permutation import GAMMA_GRID, fa_matrix, fa_prediction, plateau_check
 from .spectra import analyse_landscape
 from .tasks import make_task
 
+PhaseCallback = Callable[[str, int, int], None]   # on_phase(phase, k, n): see run_trial
 DEDUP_LOSS_RTOL = 1e-9       # reduced critical points closer than this in loss ...
 DEDUP_PARAM_ATOL = 1e-6      # ... and in parameters (max abs, after the best neuron permutation) are one point
 
@@ -71,6 +72,7 @@ class _Trial:
         self.points: list[dict] = []
         self.gamma_scan: list[dict] = []
         self.paths: list[dict] = []
+        self.phase: PhaseCallback = lambda _p, _k, _n: None
 
     def _tick(self, phase: str, t0: float) -> None:
         self.timings[phase] = self.timings.get(phase, 0.0) + time.perf_counter() - t0
@@ -100,7 +102,9 @@ class _Trial:
         t0 = time.perf_counter()
         pairs = surgery.neuron_pairs(self.spec, self.theta_star, layer, self.cfg.pairs, seed=self.cfg.seed)
         first = len(self.reduced)
-        for pair_set in surgery.disjoint_pair_sets(pairs, order):
+        pair_sets = surgery.disjoint_pair_sets(pairs, order)
+        for n_done, pair_set in enumerate(pair_sets):
+            self.phase(f"reduced L{layer}K{order}", n_done, len(pair_sets))
             red_spec, red0, _ = surgery.merge(self.spec, self.theta_star, layer, pair_set)
             red_land = Landscape(red_spec, self.task.X, self.task.Y, device=self.landscape.device)
             res = _minimise(red_land, red0, self.cfg)
@@ -141,9 +145,11 @@ class _Trial:
         plateau_unit = widths[layer + 1]
         log10_mult = theory.log10_point_multiplicity(self.spec.hidden, layer, order)
         scan = self.cfg.gamma_scan if self.cfg.gamma_scan is not None else plateau_unit == 1
-        for rid, item in enumerate(self.reduced):
-            if item["layer"] != layer or item["order"] != order or not item["converged"]:
-                continue
+        todo = [rid for rid, item in enumerate(self.reduced)
+                if item["layer"] == layer and item["order"] == order and item["converged"]]
+        for n_done, rid in enumerate(todo):
+            item = self.reduced[rid]
+            self.phase(f"points L{layer}K{order}", n_done, len(todo))
             red_spec, red_theta, red_land = self.reduced_theta[rid]
             B_eigs = {m: np.linalg.eigvalsh(fa_matrix(red_land, red_theta, layer, m))
                       for m in range(red_spec.widths[layer])}
@@ -197,7 +203,9 @@ class _Trial:
     # 7. paths ---------------------------------------------------------------------------------------
     def trace_paths(self) -> None:
         t0 = time.perf_counter()
-        for (layer, pair), theta_p in sorted(self.pair_points.items()):
+        items = sorted(self.pair_points.items())
+        for n_done, ((layer, pair), theta_p) in enumerate(items):
+            self.phase("paths", n_done, len(items))
             self.paths.append(permutation_path(self.landscape, self.theta_star, theta_p, layer, pair,
                                                n_points=self.cfg.path_points, relax=self.cfg.path_relax))
         self._tick("paths", t0)
@@ -224,10 +232,16 @@ class _Trial:
         return rows
 
 
-def run_trial(config: TrialConfig | dict) -> dict:
+def run_trial(config: TrialConfig | dict, on_phase: PhaseCallback | None = None) -> dict:
     """Run one trial and return its record. A network that does not reach a certified minimum gives a
-    record with minimum.converged False and a `failure` reason (and no points), never an exception."""
+    record with minimum.converged False and a `failure` reason (and no points), never an exception.
+
+    on_phase(phase, k, n), when given, is called as the trial goes: ("minimum", 0, 1), then for each
+    (layer, order) ("reduced L<layer>K<order>", k, n) before the k-th of n reduced trainings,
+    ("points L<layer>K<order>", k, n) before the k-th of n reduced points' analyses, ("paths", k, n)
+    before the k-th of n paths, and ("done", 1, 1). It must be cheap and must not raise."""
     cfg = config if isinstance(config, TrialConfig) else TrialConfig.from_dict(config)
+    phase = on_phase or (lambda _p, _k, _n: None)
     t_start = time.perf_counter()
     t0 = time.perf_counter()
     trial = _Trial(cfg)
@@ -245,6 +259,8 @@ def run_trial(config: TrialConfig | dict) -> dict:
         "device": str(trial.landscape.device),
         "log10_minima": theory.log10_minima(spec.hidden),
     }
+    trial.phase = phase
+    phase("minimum", 0, 1)
     minimum = trial.train_minimum()
     record["minimum"] = minimum
     if minimum["converged"]:
@@ -263,6 +279,7 @@ def run_trial(config: TrialConfig | dict) -> dict:
     record.update(reduced=trial.reduced, points=trial.points, paths=trial.paths)
     if trial.gamma_scan:
         record["gamma_scan"] = trial.gamma_scan
+    phase("done", 1, 1)
     trial.timings["total"] = time.perf_counter() - t_start
     record["timings"] = trial.timings
     return _clean(record)
