@@ -10,7 +10,7 @@ from typing import Any
 from .activations import ACTIVATIONS
 
 # Bumped whenever the trial record (permsym_core.study) changes meaning; part of every trial key.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 TASKS = ("toy", "teacher", "mnist")
 
 

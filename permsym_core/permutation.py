@@ -1,14 +1,26 @@
-"""Permutation points and their checks: the Fukumizu-Amari matrix and its index prediction, the equal-loss
-plateau, and the gamma-line scan.
+"""Permutation points and their checks: the exact antisymmetric block and the index it predicts, the
+Fukumizu-Amari matrix, the equal-loss plateau, and the gamma-line.
 
-At gamma = 1/2 the Hessian commutes with the exchange P_ij, so it splits exactly into a block on the
-P_ij-symmetric subspace, which is congruent to the reduced network's Hessian (duplication is a linear
-embedding E with E^T H E = H_reduced), and a block on the antisymmetric subspace. When neuron m feeds a single
-unit (n_{k+1} = 1) the antisymmetric block is diag(B/2, 0): B is the Fukumizu-Amari matrix
-B = sum_n (sum_o a_o delta_{n,o}) sigma''(z_{n,m}) x_n x_n^T, with delta the back-propagated error of layer
-k+1 (it includes the 1/N of the mean), x_n the input of layer k (with a 1 for the bias). Hence
-index(point) = index(reduced) + sum over duplicated neurons of #{eig(B) < 0} (Sylvester), and for other gamma
-the sign rule of Fukumizu and Amari (2000): #{eig(B) < 0} inside (0, 1), #{eig(B) > 0} outside [0, 1].
+The exact index, for any layer, any number of next-layer units and any order K. Duplicate neuron m of a
+reduced critical point (incoming w, outgoing a in R^{n_{k+1}}) into copies i, j with outgoing gamma a and
+(1 - gamma) a. Perturb w_i = w + e(p + (1-gamma) d), w_j = w + e(p - gamma d), a_i = gamma a + e(gamma q + r),
+a_j = (1-gamma) a + e((1-gamma) q - r). The layer's contribution to z_{k+1} is
+    a sigma(w.x) + e [a sigma'(w.x) p.x + q sigma(w.x)] + e^2 [a sigma'' (p.x)^2 / 2 + sigma' (p.x) q]
+                 + e^2 [gamma (1-gamma) a sigma'' (d.x)^2 / 2 + sigma' (d.x) r] + O(e^3):
+(p, q) enter exactly as the reduced network's own perturbation, (d, r) only at second order. With delta_n =
+dLoss/dz_{k+1} of sample n (1/N included) the Hessian is therefore congruent to
+    diag(H_reduced, M_gamma),   M_gamma = [[gamma (1-gamma) B, C], [C^T, 0]],
+    B = sum_n (delta_n . a) sigma''(z_nm) x_n x_n^T   (the Fukumizu-Amari matrix),
+    C = sum_n sigma'(z_nm) x_n delta_n^T              ((n_{k-1} [+1]) x n_{k+1}),
+x_n the input of layer k (with a 1 for the bias). At gamma = 1/2 the congruence is orthogonal on the
+antisymmetric directions (u, -u, v, -v)/sqrt(2) (d = 2u, r = v): the Hessian's eigenvalues there are exactly
+those of S = [[B/2, C], [C^T, 0]]. Hence, by Sylvester's law, index(point) = index(reduced) + sum over the K
+duplicated neurons of #{eig(S) < 0} (the pairs' antisymmetric subspaces are mutually orthogonal invariant
+subspaces: each exchange flips its own and fixes the others). For a single next-layer unit the reduced
+point's criticality in w gives (delta . a) sigma' x summed = 0, so C = 0 and S = diag(B/2, 0): the rule of
+Fukumizu and Amari (2000), #{eig(B) < 0} inside (0, 1) and #{eig(B) > 0} outside [0, 1]. With several units
+C != 0 (only C a = 0), and [[*, C], [C^T, 0]] has at least rank(C) negative eigenvalues: a layer feeding
+n_{k+1} units gives index >= rank(C), generically n_{k+1} - 1.
 """
 from __future__ import annotations
 
@@ -39,18 +51,57 @@ def backprop_errors(landscape: Landscape, theta: Tensor) -> tuple[list[Tensor], 
     return deltas, cache.zs, cache.hs
 
 
-def fa_matrix(landscape: Landscape, theta: Tensor, layer: int, neuron: int) -> np.ndarray:
-    """The Fukumizu-Amari matrix of neuron m of hidden layer k, generalised with the back-propagated error of
-    layer k+1: (n_{k-1} [+1]) x (n_{k-1} [+1])."""
+def _neuron_terms(landscape: Landscape, theta: Tensor, layer: int, neuron: int) -> tuple[Tensor, Tensor]:
+    """(B, C) of neuron m of hidden layer k at the reduced point theta (see the module docstring)."""
     spec = landscape.spec
     deltas, zs, hs = backprop_errors(landscape, theta)
     a = surgery.outgoing(spec, landscape.as_theta(theta), layer)[:, neuron]        # (n_{k+1},)
-    weight = (deltas[layer] @ a) * landscape.act.d2f(zs[layer - 1][:, neuron])      # (N,)
+    z = zs[layer - 1][:, neuron]
+    delta = deltas[layer]                                                           # (N, n_{k+1})
+    weight = (delta @ a) * landscape.act.d2f(z)                                     # (N,)
     x = hs[layer - 1]
     if spec.biases[layer - 1]:
         x = torch.cat([x, torch.ones_like(x[:, :1])], dim=1)
     B = (x * weight[:, None]).T @ x
-    return (0.5 * (B + B.T)).cpu().numpy()
+    C = (x * landscape.act.df(z)[:, None]).T @ delta
+    return 0.5 * (B + B.T), C
+
+
+def fa_matrix(landscape: Landscape, theta: Tensor, layer: int, neuron: int) -> np.ndarray:
+    """The Fukumizu-Amari matrix of neuron m of hidden layer k, generalised with the back-propagated error of
+    layer k+1: (n_{k-1} [+1]) x (n_{k-1} [+1])."""
+    return _neuron_terms(landscape, theta, layer, neuron)[0].cpu().numpy()
+
+
+def split_block(landscape: Landscape, theta: Tensor, layer: int, neuron: int, gamma: float = 0.5) -> np.ndarray:
+    """M_gamma = [[gamma (1 - gamma) B, C], [C^T, 0]] of neuron m at the reduced point theta; at gamma = 1/2
+    it is returned as S = [[B/2, C], [C^T, 0]], whose eigenvalues are exactly the Hessian's on the
+    antisymmetric directions of the duplicated pair (at other gamma only its inertia is the Hessian's)."""
+    B, C = _neuron_terms(landscape, theta, layer, neuron)
+    c = 0.5 if gamma == 0.5 else gamma * (1.0 - gamma)
+    n_in, n_out = C.shape
+    M = torch.zeros(n_in + n_out, n_in + n_out, dtype=B.dtype, device=B.device)
+    M[:n_in, :n_in] = c * B
+    M[:n_in, n_in:] = C
+    M[n_in:, :n_in] = C.T
+    return M.cpu().numpy()
+
+
+def split_eigenvalues(landscape: Landscape, theta: Tensor, layer: int, neuron: int, gamma: float = 0.5
+                      ) -> np.ndarray:
+    return np.linalg.eigvalsh(split_block(landscape, theta, layer, neuron, gamma))
+
+
+def predicted_index(block_eigs: Sequence[np.ndarray], reduced_index: int, tau: float) -> int:
+    """reduced index + #{eigenvalues of the duplicated neurons' blocks below -tau}."""
+    return int(reduced_index + sum(int(np.sum(np.asarray(e) < -tau)) for e in block_eigs))
+
+
+def rank_c(landscape: Landscape, theta: Tensor, layer: int, neuron: int, rtol: float = 1e-8) -> int:
+    """rank of C (singular values above rtol x the largest): a lower bound on the block's negative count."""
+    C = _neuron_terms(landscape, theta, layer, neuron)[1].cpu().numpy()
+    sv = np.linalg.svd(C, compute_uv=False)
+    return int(np.sum(sv > rtol * sv.max())) if sv.size and sv.max() > 0 else 0
 
 
 def fa_prediction(B_eigs: Sequence[np.ndarray], gamma: float, reduced_index: int, tau: float) -> int:

@@ -139,8 +139,14 @@ def counts_from_eigenvalues(eigs, tau: float) -> tuple[int, int, int]:
     return index, n_zero, int(e.size - index - n_zero)
 
 
-def derive_tau(eigs, grad_inf: float, P: int, abs_max: float | None = None) -> tuple[float, dict]:
+def derive_tau(eigs, grad_inf: float, P: int, abs_max: float | None = None,
+               hessian_shift: float | None = None) -> tuple[float, dict]:
     """The zero tolerance tau = max(floor, grad_term) and its components.
+
+    hessian_shift, when given, is the measured gradient part: ||H(theta + delta) - H(theta)||_2 with delta
+    the Newton correction to the exact critical point (permsym_core.certify.newton_shift). By Weyl's
+    inequality no eigenvalue moves further than that on the way to the critical point, so it replaces the
+    estimate below (and is not capped: an eigenvalue it swallows is genuinely unresolved).
 
     floor = ROUNDOFF_C * P * eps * max|lambda|: backward error of the eigensolver / LDL^T (Weyl).
     grad_term: the evaluated point lies about delta = grad_inf / lambda_sep from the true critical point
@@ -166,10 +172,15 @@ def derive_tau(eigs, grad_inf: float, P: int, abs_max: float | None = None) -> t
     above = np.sort(e[e > floor])
     separated = above[above * above >= SEPARATION * scale * g]
     lam_sep = float(separated[0]) if separated.size else (float(above[-1]) if above.size else 0.0)
-    grad_term = min(scale * g / lam_sep, lam_sep / SEPARATION) if lam_sep > 0 else 0.0
+    if hessian_shift is not None and math.isfinite(hessian_shift):
+        grad_term, method = float(hessian_shift), "measured"
+    else:
+        grad_term = min(scale * g / lam_sep, lam_sep / SEPARATION) if lam_sep > 0 else 0.0
+        method = "estimated"
     tau = max(floor, grad_term)
-    return tau, {"floor": floor, "grad_term": grad_term, "lambda_sep": lam_sep, "curvature_scale": scale,
-                 "grad_inf": g, "P": int(P), "roundoff_c": ROUNDOFF_C, "separation": SEPARATION}
+    return tau, {"floor": floor, "grad_term": grad_term, "grad_term_method": method, "lambda_sep": lam_sep,
+                 "curvature_scale": scale, "grad_inf": g, "P": int(P), "roundoff_c": ROUNDOFF_C,
+                 "separation": SEPARATION}
 
 
 def gap_ratio(eigs, tau: float) -> float:
@@ -206,6 +217,8 @@ class SpectrumReport:
     counts_agree: bool | None
     method: str = "dense"
     exact: bool = True
+    index_is_lower_bound: bool = False   # Lanczos: every eigenvalue found lies below tau (index >= the count,
+    #                                      n_pos <= P - index - n_zero)
     P: int = 0
     n_eigs: int = 0
     notes: list = field(default_factory=list)
@@ -218,9 +231,9 @@ class SpectrumReport:
 
 
 def _report(eigs: np.ndarray, P: int, grad_inf: float, tau: float | None, abs_max: float | None,
-            lambda_max: float) -> SpectrumReport:
+            lambda_max: float, hessian_shift: float | None = None) -> SpectrumReport:
     """Everything that follows from (part of) the spectrum; counts_inertia filled in by the caller."""
-    tau_auto, comps = derive_tau(eigs, grad_inf, P, abs_max)
+    tau_auto, comps = derive_tau(eigs, grad_inf, P, abs_max, hessian_shift)
     if tau is not None:
         comps = {**comps, "given": float(tau), "derived": tau_auto}
     tau = float(tau) if tau is not None else tau_auto
@@ -234,13 +247,13 @@ def _report(eigs: np.ndarray, P: int, grad_inf: float, tau: float | None, abs_ma
                           n_eigs=int(len(eigs)))
 
 
-def analyse(H, grad_inf: float, tau: float | None = None) -> SpectrumReport:
+def analyse(H, grad_inf: float, tau: float | None = None, hessian_shift: float | None = None) -> SpectrumReport:
     """Dense analysis: all eigenvalues, tau (derived unless given), counts by eigenvalues and by spectrum
     slicing (the reported counts are the inertia ones, which are exact for H + E, |E| ~ floor)."""
     Ht = _as_float64_tensor(H)
     eigs = eigenvalues(Ht)
     P = eigs.size
-    rep = _report(eigs, P, grad_inf, tau, None, float(eigs[-1]) if P else 0.0)
+    rep = _report(eigs, P, grad_inf, tau, None, float(eigs[-1]) if P else 0.0, hessian_shift)
     ci = count(Ht, rep.tau)
     rep.counts_inertia, rep.counts_agree = ci, ci == rep.counts_eigenvalues
     rep.index, rep.n_zero, rep.n_pos = ci
@@ -302,5 +315,6 @@ def analyse_landscape(landscape, theta, grad_inf: float, tau: float | None = Non
     if not (ok and ok_top):
         rep.notes.append("ARPACK did not converge for all requested eigenvalues")
     if eigs.size and np.all(eigs <= rep.tau):
-        rep.notes.append("every eigenvalue found is <= tau: index and n_zero are lower bounds")
+        rep.index_is_lower_bound = True
+        rep.notes.append("every eigenvalue found is <= tau: index and n_zero are lower bounds, n_pos an upper bound")
     return rep

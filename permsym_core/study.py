@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 from itertools import combinations
 from typing import Any, Callable
 
@@ -14,18 +15,22 @@ import numpy as np
 import torch
 
 from . import surgery, theory
+from .canonical import (COINCIDENT_RTOL, DEDUP_PARAM_RTOL, SAME_LOSS_RTOL, ZERO_LOSS_RTOL, Canonical,
+                        canonicalise, orient, same_loss, same_point, zero_loss_scale)
+from .certify import ESCAPE_RTOL, polish
 from .config import SCHEMA_VERSION, TrialConfig
+from .counting import count_rows
 from .landscape import LOSS_CONVENTION, Landscape
 from .minimize import minimise
 from .mlp import MLPSpec, params_to_json
 from .paths import permutation_path
-from .permutation import GAMMA_GRID, fa_matrix, fa_prediction, plateau_check
+from .permutation import (GAMMA_GRID, fa_matrix, fa_prediction, plateau_check, predicted_index, rank_c,
+                          split_eigenvalues)
+from .points import analyse_point
 from .spectra import analyse_landscape
 from .tasks import make_task
 
 PhaseCallback = Callable[[str, int, int], None]   # on_phase(phase, k, n): see run_trial
-DEDUP_LOSS_RTOL = 1e-9       # reduced critical points closer than this in loss ...
-DEDUP_PARAM_ATOL = 1e-6      # ... and in parameters (max abs, after the best neuron permutation) are one point
 
 
 def _minimise(landscape: Landscape, theta0: torch.Tensor, cfg: TrialConfig, warmup: bool = True):
@@ -53,8 +58,15 @@ def _clean(x: Any) -> Any:
     return x
 
 
-def _log10_times(count: int, log10_mult: float) -> float | None:
-    return math.log10(count) + log10_mult if count > 0 else None
+@dataclass
+class _Reduced:
+    """A distinct reduced critical point (or an unconverged reduced training) and what it needs later."""
+
+    spec: MLPSpec
+    theta: torch.Tensor
+    landscape: Landscape
+    newton_step: torch.Tensor | None = None      # the Newton correction left at theta (see certify.polish)
+    canonical: Canonical | None = None
 
 
 class _Trial:
@@ -66,8 +78,10 @@ class _Trial:
         self.spec = MLPSpec((self.task.n_in, *cfg.widths, self.task.n_out), cfg.activation, bias,
                             self.task.output)
         self.landscape = Landscape(self.spec, self.task.X, self.task.Y)
+        self.loss_scale = zero_loss_scale(self.landscape)
         self.reduced: list[dict] = []
-        self.reduced_theta: list[tuple[MLPSpec, torch.Tensor, Landscape]] = []
+        self.state: list[_Reduced] = []
+        self.n_pair_sets: dict[tuple[int, int], int] = {}
         self.pair_points: dict[tuple[int, tuple[int, int]], torch.Tensor] = {}
         self.points: list[dict] = []
         self.gamma_scan: list[dict] = []
@@ -77,6 +91,10 @@ class _Trial:
     def _tick(self, phase: str, t0: float) -> None:
         self.timings[phase] = self.timings.get(phase, 0.0) + time.perf_counter() - t0
 
+    def _polished(self, landscape: Landscape, theta: torch.Tensor):
+        """Newton-polish a certified point; the Hessian at the result comes with it."""
+        return polish(landscape, theta)
+
     # 1. the minimum -------------------------------------------------------------------------------
     def train_minimum(self) -> dict:
         t0 = time.perf_counter()
@@ -85,15 +103,16 @@ class _Trial:
         self.theta_star = res.theta
         minimum = {"loss": res.loss, "grad_inf": res.grad_inf, "converged": res.converged,
                    "stop_reason": res.stop_reason, "iterations": res.iterations, "n_params": self.spec.n_params,
-                   "index": None, "n_zero": None}
+                   "index": None, "n_zero": None, "is_minimum": None}
         if res.converged:
-            rep = analyse_landscape(self.landscape, res.theta, res.grad_inf)
-            self.minimum_spectrum = rep
-            minimum.update(index=rep.index, n_zero=rep.n_zero, tau=rep.tau, gap=rep.gap_ratio,
-                           ambiguous=rep.ambiguous, lowest_eigenvalues=rep.lowest_eigenvalues,
-                           spectrum_method=rep.method)
+            pol = self._polished(self.landscape, res.theta)
+            self.theta_star = pol.theta
+            ana = analyse_point(self.landscape, pol.theta, pol.grad_inf, pol.hessian,
+                                theta_next=pol.theta + pol.newton_step)
+            minimum.update(loss=pol.loss, grad_inf=pol.grad_inf, polish=pol.info(), **ana.fields())
+            minimum["is_minimum"] = ana.report.index == 0
             if self.cfg.save_params:
-                minimum["params"] = params_to_json(self.spec, res.theta)
+                minimum["params"] = params_to_json(self.spec, pol.theta)
         self._tick("minimum", t0)
         return minimum
 
@@ -101,103 +120,161 @@ class _Trial:
     def reduce(self, layer: int, order: int) -> None:
         t0 = time.perf_counter()
         pairs = surgery.neuron_pairs(self.spec, self.theta_star, layer, self.cfg.pairs, seed=self.cfg.seed)
+        pair_sets = list(surgery.disjoint_pair_sets(pairs, order))
+        self.n_pair_sets[(layer, order)] = len(pair_sets)
         first = len(self.reduced)
-        pair_sets = surgery.disjoint_pair_sets(pairs, order)
         for n_done, pair_set in enumerate(pair_sets):
             self.phase(f"reduced L{layer}K{order}", n_done, len(pair_sets))
             red_spec, red0, _ = surgery.merge(self.spec, self.theta_star, layer, pair_set)
             red_land = Landscape(red_spec, self.task.X, self.task.Y, device=self.landscape.device)
             res = _minimise(red_land, red0, self.cfg)
-            if order == 1 and res.converged:
-                self.pair_points[(layer, pair_set[0])] = surgery.unmerge(red_spec, res.theta, layer, pair_set[0])[1]
-            rid = self._find_same(layer, order, red_spec, res) if res.converged else None
+            theta, loss, grad_inf, pol = res.theta, res.loss, res.grad_inf, None
+            if res.converged:
+                pol = self._polished(red_land, res.theta)
+                theta, loss, grad_inf = pol.theta, pol.loss, pol.grad_inf
+                if order == 1:
+                    self.pair_points[(layer, pair_set[0])] = surgery.unmerge(red_spec, theta, layer, pair_set[0])[1]
+            rid = self._find_same_raw(layer, order, red_spec, theta, loss) if res.converged else None
             if rid is not None:
                 self.reduced[rid]["from_pairs"].append([list(p) for p in pair_set])
                 continue
-            self.reduced.append({"layer": layer, "order": order, "loss": res.loss, "grad_inf": res.grad_inf,
-                                 "converged": res.converged, "stop_reason": res.stop_reason,
-                                 "from_pairs": [[list(p) for p in pair_set]], "index": None, "n_zero": None})
-            self.reduced_theta.append((red_spec, res.theta, red_land))
-        for rid in range(first, len(self.reduced)):
-            item = self.reduced[rid]
-            if item["converged"]:
-                red_spec, red_theta, red_land = self.reduced_theta[rid]
-                rep = analyse_landscape(red_land, red_theta, item["grad_inf"])
-                item.update(index=rep.index, n_zero=rep.n_zero, tau=rep.tau)
+            item = {"id": len(self.reduced), "layer": layer, "order": order, "loss": loss, "grad_inf": grad_inf,
+                    "converged": res.converged, "stop_reason": res.stop_reason,
+                    "from_pairs": [[list(p) for p in pair_set]], "index": None, "n_zero": None,
+                    "reducible": None, "reduced_by": None, "canonical_widths": None, "same_canonical_as": []}
+            if pol is not None:
+                item["polish"] = pol.info()
+            if self.cfg.save_params:
+                item["params"] = params_to_json(red_spec, theta)
+            self.reduced.append(item)
+            self.state.append(_Reduced(red_spec, theta, red_land, newton_step=None if pol is None else pol.newton_step))
+            if pol is not None:
+                item.update(analyse_point(red_land, theta, grad_inf, pol.hessian, check_escape=False,
+                                          theta_next=theta + pol.newton_step).fields())
         self._tick("reduced", t0)
+        t0 = time.perf_counter()
+        self._canonicalise(first)
+        self._tick("canonical", t0)
 
-    def _find_same(self, layer: int, order: int, red_spec: MLPSpec, res) -> int | None:
+    def _find_same_raw(self, layer: int, order: int, red_spec: MLPSpec, theta, loss: float) -> int | None:
         for rid, item in enumerate(self.reduced):
             if item["layer"] != layer or item["order"] != order or not item["converged"]:
                 continue
-            if abs(item["loss"] - res.loss) > DEDUP_LOSS_RTOL * max(1.0, abs(res.loss)):
+            if not same_loss(item["loss"], loss, self.loss_scale):
                 continue
-            other = self.reduced_theta[rid][1]
-            if surgery.distance_up_to_permutation(red_spec, other, res.theta) <= DEDUP_PARAM_ATOL:
+            other = orient(red_spec, self.state[rid].theta)
+            tol = DEDUP_PARAM_RTOL * max(1.0, float(theta.abs().max()))
+            if surgery.distance_up_to_permutation(red_spec, other, orient(red_spec, theta)) <= tol:
                 return rid
         return None
+
+    def _canonicalise(self, first: int) -> None:
+        """Canonical form of each new distinct reduced point; a point whose canonical form equals an earlier
+        one's (up to permutation) is folded into it: one reduced point per canonical form."""
+        def reminimise(land, start):
+            return minimise(land, start, grad_tol=self.cfg.grad_tol, max_iter=min(self.cfg.max_iter, 500),
+                            adam_steps=0, time_limit_s=self.cfg.time_limit_s, seed=self.cfg.seed)
+
+        keep = list(range(first))
+        for rid in range(first, len(self.reduced)):
+            item, st = self.reduced[rid], self.state[rid]
+            if not item["converged"]:
+                keep.append(rid)
+                continue
+            st.canonical = canonicalise(st.landscape, st.theta, item["loss"], reminimise)
+            item.update(st.canonical.summary())
+            same = next((k for k in keep if k >= first and self.reduced[k]["converged"]
+                         and self.reduced[k]["layer"] == item["layer"] and self.reduced[k]["order"] == item["order"]
+                         and same_point(self.state[k].canonical, st.canonical, self.loss_scale)), None)
+            if same is None:
+                keep.append(rid)
+            else:
+                target = self.reduced[same]
+                target["from_pairs"] += item["from_pairs"]
+                target["same_canonical_as"].append({"loss": item["loss"], "index": item["index"]})
+        self.reduced[first:] = [self.reduced[k] for k in keep if k >= first]
+        self.state[first:] = [self.state[k] for k in keep if k >= first]
+        for new_id, item in enumerate(self.reduced):
+            item["id"] = new_id
 
     # 3-6. permutation points ------------------------------------------------------------------------
     def build_points(self, layer: int, order: int) -> None:
         t0 = time.perf_counter()
         scan_before = self.timings.get("gamma_scan", 0.0)
-        widths = self.spec.widths
-        plateau_unit = widths[layer + 1]
+        plateau_unit = self.spec.widths[layer + 1]
         log10_mult = theory.log10_point_multiplicity(self.spec.hidden, layer, order)
-        scan = self.cfg.gamma_scan if self.cfg.gamma_scan is not None else plateau_unit == 1
+        scan = self.cfg.gamma_scan if self.cfg.gamma_scan is not None else True
         todo = [rid for rid, item in enumerate(self.reduced)
                 if item["layer"] == layer and item["order"] == order and item["converged"]]
         for n_done, rid in enumerate(todo):
-            item = self.reduced[rid]
+            item, st = self.reduced[rid], self.state[rid]
             self.phase(f"points L{layer}K{order}", n_done, len(todo))
-            red_spec, red_theta, red_land = self.reduced_theta[rid]
-            B_eigs = {m: np.linalg.eigvalsh(fa_matrix(red_land, red_theta, layer, m))
-                      for m in range(red_spec.widths[layer])}
-            for neurons in combinations(range(red_spec.widths[layer]), order):
-                _, theta_p = surgery.duplicate(red_spec, red_theta, layer, neurons, 0.5)
-                loss_p, grad_p = self.landscape.loss_grad(theta_p)
-                grad_inf = float(grad_p.abs().max())
-                rep = analyse_landscape(self.landscape, theta_p, grad_inf)
-                critical = bool(item["converged"] and grad_inf <= self.cfg.grad_tol)
-                plateau_dim = order * plateau_unit
-                fa_index = (fa_prediction([B_eigs[m] for m in neurons], 0.5, item["index"], rep.tau)
-                            if plateau_unit == 1 else None)
-                plateau = plateau_check(self.landscape, red_spec, red_theta, layer, neurons, seed=self.cfg.seed)
-                point = {
-                    "layer": layer, "order": order, "reduced_id": rid, "neurons": list(neurons), "gamma": 0.5,
-                    "loss": loss_p, "loss_rel_diff": abs(loss_p - item["loss"]) / max(abs(item["loss"]), 1e-300),
-                    "grad_inf": grad_inf, "reduced_grad_inf": item["grad_inf"], "critical": critical,
-                    "index": rep.index, "n_zero": rep.n_zero, "n_pos": rep.n_pos, "tau": rep.tau, "gap": rep.gap_ratio,
-                    "ambiguous": rep.ambiguous, "lowest_eigenvalues": rep.lowest_eigenvalues,
-                    "counts_agree": rep.counts_agree, "spectrum_method": rep.method, "exact": rep.exact,
-                    "plateau_dim": plateau_dim,
-                    "claim_zero_holds": rep.n_zero >= plateau_dim,
-                    "claim_guaranteed_holds": rep.index + rep.n_zero >= plateau_dim,
-                    "fa_index": fa_index,
-                    "fa_eigenvalues": [B_eigs[m].tolist() for m in neurons],
-                    "plateau": plateau,
-                    "log10_multiplicity": log10_mult,
-                }
-                if self.cfg.save_params:
-                    point["params"] = params_to_json(self.spec, theta_p)
-                self.points.append(point)
-                if scan and order == 1:
-                    self._scan(layer, rid, neurons[0], red_spec, red_theta, B_eigs[neurons[0]], item)
-        # the scan is timed on its own: the phases add up to the total
+            n_red = st.spec.widths[layer]
+            block_eigs = {m: split_eigenvalues(st.landscape, st.theta, layer, m) for m in range(n_red)}
+            B_eigs = ({m: np.linalg.eigvalsh(fa_matrix(st.landscape, st.theta, layer, m)) for m in range(n_red)}
+                      if plateau_unit == 1 else {})
+            ranks = {m: rank_c(st.landscape, st.theta, layer, m) for m in range(n_red)}
+            for neurons in combinations(range(n_red), order):
+                self.points.append(self._point(layer, order, rid, item, st, neurons, plateau_unit, log10_mult,
+                                               block_eigs, B_eigs, ranks))
+                if scan and order == 1 and not item["reducible"]:
+                    self._scan(layer, rid, neurons[0], st, item)
         self.timings["points"] = (self.timings.get("points", 0.0) + time.perf_counter() - t0
                                   - (self.timings.get("gamma_scan", 0.0) - scan_before))
 
-    def _scan(self, layer, rid, neuron, red_spec, red_theta, B_eig, item) -> None:
+    def _point(self, layer, order, rid, item, st, neurons, plateau_unit, log10_mult, block_eigs, B_eigs, ranks):
+        _, theta_p = surgery.duplicate(st.spec, st.theta, layer, neurons, 0.5)
+        loss_p, grad_p = self.landscape.loss_grad(theta_p)
+        grad_inf = float(grad_p.abs().max())
+        # the point's Newton correction is the reduced one's, duplicated (the gradient lies in the symmetric
+        # subspace, on which the Hessian is congruent to the reduced one)
+        nxt = (surgery.duplicate(st.spec, st.theta + st.newton_step, layer, neurons, 0.5)[1]
+               if st.newton_step is not None else None)
+        ana = analyse_point(self.landscape, theta_p, grad_inf, max_dense_P=self.cfg_max_dense(), theta_next=nxt)
+        rep = ana.report
+        plateau_dim = order * plateau_unit
+        point = {
+            "layer": layer, "order": order, "reduced_id": rid, "neurons": list(neurons), "gamma": 0.5,
+            "reducible": bool(item["reducible"]),
+            "loss": loss_p, "loss_rel_diff": abs(loss_p - item["loss"]) / max(abs(item["loss"]), 1e-300),
+            "grad_inf": grad_inf, "reduced_grad_inf": item["grad_inf"],
+            "critical": bool(item["converged"] and grad_inf <= self.cfg.grad_tol),
+            **ana.fields(),
+            "reduced_index": item["index"],
+            "index_predicted": predicted_index([block_eigs[m] for m in neurons], item["index"], rep.tau),
+            "index_lower_bound": int(item["index"] + sum(ranks[m] for m in neurons)),
+            "block_eigenvalues": [block_eigs[m].tolist() for m in neurons],
+            "embedding_ok": bool(rep.index >= item["index"] and rep.n_pos >= item["n_pos"]),
+            "plateau_dim": plateau_dim,
+            "claim_zero_holds": rep.n_zero >= plateau_dim,
+            "claim_guaranteed_holds": rep.index + rep.n_zero >= plateau_dim,
+            "fa_index": (fa_prediction([B_eigs[m] for m in neurons], 0.5, item["index"], rep.tau)
+                         if plateau_unit == 1 else None),
+            "fa_eigenvalues": [B_eigs[m].tolist() for m in neurons] if B_eigs else None,
+            "plateau": plateau_check(self.landscape, st.spec, st.theta, layer, neurons, seed=self.cfg.seed),
+            "log10_multiplicity": log10_mult,
+        }
+        if self.cfg.save_params:
+            point["params"] = params_to_json(self.spec, theta_p)
+        return point
+
+    def cfg_max_dense(self) -> int | None:
+        return getattr(self.cfg, "max_dense_P", None)
+
+    def _scan(self, layer, rid, neuron, st, item) -> None:
+        """Index and n_zero along the gamma-line of one duplicated neuron, beside the index predicted by the
+        split block M_gamma (permsym_core.permutation) for any number of next-layer units."""
         t0 = time.perf_counter()
         idx, zeros, pred = [], [], []
         for gamma in GAMMA_GRID:
-            _, th = surgery.duplicate(red_spec, red_theta, layer, [neuron], gamma)
+            _, th = surgery.duplicate(st.spec, st.theta, layer, [neuron], gamma)
             rep = analyse_landscape(self.landscape, th, float(self.landscape.grad(th).abs().max()))
             idx.append(rep.index)
             zeros.append(rep.n_zero)
-            pred.append(fa_prediction([B_eig], gamma, item["index"], rep.tau))
+            pred.append(predicted_index([split_eigenvalues(st.landscape, st.theta, layer, neuron, gamma)],
+                                        item["index"], rep.tau))
         self.gamma_scan.append({"layer": layer, "reduced_id": rid, "neuron": neuron, "gammas": list(GAMMA_GRID),
-                                "index": idx, "n_zero": zeros, "fa_index": pred})
+                                "index": idx, "n_zero": zeros, "index_predicted": pred})
         self.timings["gamma_scan"] = self.timings.get("gamma_scan", 0.0) + time.perf_counter() - t0
 
     # 7. paths ---------------------------------------------------------------------------------------
@@ -212,24 +289,7 @@ class _Trial:
 
     # 8. counts --------------------------------------------------------------------------------------
     def counts(self) -> list[dict]:
-        rows = []
-        for layer in range(1, self.spec.depth):
-            for order in self.cfg.orders:
-                pts = [p for p in self.points if p["layer"] == layer and p["order"] == order]
-                mult = theory.log10_point_multiplicity(self.spec.hidden, layer, order)
-                n_crit = sum(p["critical"] for p in pts)
-                n_sad = sum(p["critical"] and p["index"] >= 1 for p in pts)
-                n_first = sum(p["critical"] and p["index"] == 1 for p in pts)
-                rows.append({
-                    "layer": layer, "order": order,
-                    "log10_bound": theory.log10_permutation_points_layer(self.spec.hidden, layer, order),
-                    "n_reduced": sum(1 for r in self.reduced if r["layer"] == layer and r["order"] == order
-                                     and r["converged"]),
-                    "n_found": len(pts), "n_critical": n_crit, "n_saddle": n_sad, "n_first_order": n_first,
-                    "log10_critical": _log10_times(n_crit, mult), "log10_saddle": _log10_times(n_sad, mult),
-                    "log10_first_order": _log10_times(n_first, mult),
-                })
-        return rows
+        return count_rows(self.spec.hidden, self.cfg.orders, self.reduced, self.points, self.n_pair_sets)
 
 
 def run_trial(config: TrialConfig | dict, on_phase: PhaseCallback | None = None) -> dict:
@@ -253,8 +313,10 @@ def run_trial(config: TrialConfig | dict, on_phase: PhaseCallback | None = None)
         "config": cfg.to_dict(),
         "architecture": spec.to_dict(),
         "loss_convention": LOSS_CONVENTION[spec.output],
-        "tolerances": {"grad_tol": cfg.grad_tol, "dedup_loss_rtol": DEDUP_LOSS_RTOL,
-                       "dedup_param_atol": DEDUP_PARAM_ATOL},
+        "tolerances": {"grad_tol": cfg.grad_tol, "same_loss_rtol": SAME_LOSS_RTOL,
+                       "zero_loss_rtol": ZERO_LOSS_RTOL, "dedup_param_rtol": DEDUP_PARAM_RTOL,
+                       "coincident_rtol": COINCIDENT_RTOL, "escape_rtol": ESCAPE_RTOL,
+                       "zero_loss_scale": trial.loss_scale},
         "task_info": trial.task.info,
         "device": str(trial.landscape.device),
         "log10_minima": theory.log10_minima(spec.hidden),
@@ -263,7 +325,12 @@ def run_trial(config: TrialConfig | dict, on_phase: PhaseCallback | None = None)
     phase("minimum", 0, 1)
     minimum = trial.train_minimum()
     record["minimum"] = minimum
-    if minimum["converged"]:
+    if minimum["converged"] and not minimum["is_minimum"]:
+        record["failure"] = (f"theta* is not a minimum: index {minimum['index']} at |grad|_inf "
+                             f"{minimum['grad_inf']:.3g} (saddle certified by escape: "
+                             f"{bool(minimum.get('saddle'))}); excluded from counts")
+        record["counts"] = []
+    elif minimum["converged"]:
         for layer in range(1, spec.depth):
             for order in cfg.orders:
                 if 2 * order > spec.widths[layer]:

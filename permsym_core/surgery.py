@@ -147,16 +147,35 @@ def unmerge(red_spec: MLPSpec, red: Tensor, layer: int, pair: tuple[int, int], g
     return expand(red_spec, red, layer, sources, factors)
 
 
-def align(spec: MLPSpec, theta_a: Tensor, theta_b: Tensor) -> Tensor:
-    """theta_b with its hidden neurons permuted, layer by layer, to best match theta_a (Hungarian matching of
-    incoming vectors, then of outgoing vectors as a tie-break)."""
+def _match(cost: np.ndarray) -> list[int]:
+    _, cols = linear_sum_assignment(cost)
+    return [int(c) for c in cols]
+
+
+def align(spec: MLPSpec, theta_a: Tensor, theta_b: Tensor, max_passes: int = 6) -> Tensor:
+    """theta_b with the neurons of every hidden layer permuted to best match theta_a.
+
+    Layer k is matched (Hungarian) on its incoming vectors, whose columns refer to layer k-1, aligned just
+    before it; its outgoing vectors refer to layer k+1, which is not aligned yet on the first pass, so they
+    enter the cost only through a permutation-invariant summary (their sorted entries) on that pass, and as
+    they are on later passes. Passes repeat until no layer changes. An exact permutation of every hidden
+    layer of theta_a is undone exactly whenever neurons are distinguishable by their weights."""
     b = theta_b.clone()
-    for k in range(1, spec.depth):
-        va = torch.cat([incoming(spec, theta_a, k), outgoing(spec, theta_a, k).T], dim=1).cpu().numpy()
-        vb = torch.cat([incoming(spec, b, k), outgoing(spec, b, k).T], dim=1).cpu().numpy()
-        cost = ((va[:, None, :] - vb[None, :, :]) ** 2).sum(-1)
-        _, cols = linear_sum_assignment(cost)
-        b = permute(spec, b, k, [int(c) for c in cols])
+    last = spec.depth - 1
+    for pass_no in range(max_passes):
+        changed = False
+        for k in range(1, spec.depth):
+            ia, ib = incoming(spec, theta_a, k).cpu().numpy(), incoming(spec, b, k).cpu().numpy()
+            oa, ob = outgoing(spec, theta_a, k).T.cpu().numpy(), outgoing(spec, b, k).T.cpu().numpy()
+            if k < last and pass_no == 0:
+                oa, ob = np.sort(oa, axis=1), np.sort(ob, axis=1)
+            va, vb = np.concatenate([ia, oa], axis=1), np.concatenate([ib, ob], axis=1)
+            perm = _match(((va[:, None, :] - vb[None, :, :]) ** 2).sum(-1))
+            if perm != list(range(len(perm))):
+                b = permute(spec, b, k, perm)
+                changed = True
+        if not changed and pass_no > 0:
+            break
     return b
 
 

@@ -190,3 +190,24 @@ def test_lanczos_fallback_matches_dense():
     assert lanc.lambda_max == pytest.approx(dense.lambda_max, rel=1e-8)
     assert (lanc.index, lanc.n_zero, lanc.n_pos) == (dense.index, dense.n_zero, dense.n_pos)
     assert any("estimate" in note for note in lanc.notes)
+
+
+def test_lanczos_truncation_is_reported_as_a_bound():
+    """P = 200 at a non-critical point with 99 negative eigenvalues, 20 requested: the Lanczos estimates are
+    the 20 lowest eigenvalues of the dense spectrum, and the counts are flagged as bounds, never as exact."""
+    spec = MLPSpec((3, 12, 10, 2), "tanh", True)
+    gen = torch.Generator().manual_seed(0)
+    X = torch.randn(60, 3, generator=gen, dtype=torch.float64)
+    Y = torch.randn(60, 2, generator=gen, dtype=torch.float64)
+    land, theta = Landscape(spec, X, Y, device="cpu"), spec.init(0, scale=3.0)
+    P = land.n_params
+    assert P == 200
+    eigs = np.linalg.eigvalsh(land.hessian(theta).numpy())
+    true_index = int(np.sum(eigs < 0))
+    lanc = analyse_landscape(land, theta, grad_inf=0.0, max_dense_P=P - 1)
+    assert true_index > lanc.n_eigs == 20
+    np.testing.assert_allclose(lanc.lowest_eigenvalues, eigs[:10], rtol=0, atol=1e-8 * abs(eigs).max())
+    assert lanc.index == 20 and lanc.index_is_lower_bound and not lanc.exact
+    assert lanc.index <= true_index and lanc.n_pos >= P - true_index
+    dense = analyse_landscape(land, theta, grad_inf=0.0, max_dense_P=P)
+    assert dense.index == true_index and not dense.index_is_lower_bound

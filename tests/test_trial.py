@@ -27,8 +27,9 @@ def teacher_deep():
 def test_minimum_is_certified(toy4):
     m = toy4["minimum"]
     assert m["converged"] and m["grad_inf"] <= 1e-10
-    assert m["index"] == 0
+    assert m["index"] == 0 and m["is_minimum"]
     assert m["n_params"] == 12                     # 4 x 2 incoming + 4 outgoing, no biases
+    assert m["polish"]["grad_inf_after"] <= m["polish"]["grad_inf_before"]
 
 
 def test_every_reduced_point_yields_critical_permutation_points(toy4):
@@ -53,6 +54,10 @@ def test_pairs_are_deduplicated_up_to_permutation(toy4):
     losses = sorted(r["loss"] for r in toy4["reduced"])
     # distinct reduced critical points of this task differ in loss (the same loss would have been merged)
     assert all(b - a > 1e-9 * a for a, b in zip(losses, losses[1:]))
+    for r in toy4["reduced"]:
+        assert isinstance(r["reducible"], bool) and r["canonical_widths"] is not None
+        assert r["reducible"] == bool(r["reduced_by"])
+        assert r["canonical_widths"][0] <= 3 and (r["canonical_widths"] == [3]) == (not r["reducible"])
 
 
 def test_plateau_check(toy4):
@@ -63,15 +68,17 @@ def test_plateau_check(toy4):
 
 def test_fukumizu_amari_prediction_equals_hessian_index(toy4):
     for p in toy4["points"]:
-        assert p["fa_index"] == p["index"]
+        assert p["fa_index"] == p["index"] == p["index_predicted"]
+        assert p["claim_guaranteed_holds"] is True                 # a theorem: index + n_zero >= n_(k+1)
 
 
-def test_gamma_scan_follows_fukumizu_amari(toy4):
+def test_gamma_scan_follows_the_split_block(toy4):
     scans = toy4["gamma_scan"]
-    assert len(scans) == len(toy4["points"])
+    irreducible = {r["id"] for r in toy4["reduced"] if not r["reducible"]}
+    assert len(scans) == sum(1 for p in toy4["points"] if p["reduced_id"] in irreducible) > 0
     for s in scans:
         assert min(s["gammas"]) < 0 and max(s["gammas"]) > 1
-        assert s["index"] == s["fa_index"]
+        assert s["index"] == s["index_predicted"]
 
 
 def test_path_is_symmetric_with_equal_ends(toy4):
@@ -94,11 +101,15 @@ def test_counts_against_bound(toy4):
     (row,) = toy4["counts"]
     assert row["layer"] == 1 and row["order"] == 1
     assert row["log10_bound"] == pytest.approx(math.log10(math.factorial(4) * 3 / 2))
-    pts = toy4["points"]
-    assert row["n_found"] == len(pts) == 3 * row["n_reduced"]
+    irr = {r["id"] for r in toy4["reduced"] if r["converged"] and not r["reducible"]}
+    pts = [p for p in toy4["points"] if p["reduced_id"] in irr]
+    assert row["n_pair_sets"] == 6 and row["n_reduced_irreducible"] == len(irr)
+    assert row["n_found"] == len(pts) == 3 * row["n_reduced_irreducible"]
+    assert row["n_points_reducible"] == len(toy4["points"]) - len(pts)
     assert row["n_critical"] == sum(p["critical"] for p in pts)
-    assert row["n_saddle"] == sum(p["critical"] and p["index"] >= 1 for p in pts)
-    assert row["n_first_order"] == sum(p["critical"] and p["index"] == 1 for p in pts)
+    assert row["n_saddle"] == sum(p["critical"] and p["index"] >= 1 and p["escape"]["certified"] for p in pts)
+    assert row["n_first_order"] == sum(p["critical"] and p["index"] == 1 and p["saddle"] for p in pts)
+    assert sum(row["point_index_hist"].values()) == row["n_critical"]
     if row["n_critical"]:
         assert row["log10_critical"] == pytest.approx(math.log10(row["n_critical"]) + math.log10(math.factorial(4) / 2))
 
@@ -109,7 +120,9 @@ def test_two_hidden_layers_give_points_in_both(teacher_deep):
     assert layers == {1, 2}
     for p in teacher_deep["points"]:
         assert p["plateau_dim"] == (3 if p["layer"] == 1 else 1)
-        assert p["claim_guaranteed_holds"] == (p["index"] + p["n_zero"] >= p["plateau_dim"])
+        assert p["claim_guaranteed_holds"] is True
+        assert p["index"] == p["index_predicted"]                  # the split block, in every layer
+        assert p["index"] >= p["index_lower_bound"]
         if p["layer"] == 1:
             assert p["fa_index"] is None           # the FA rule is for a neuron feeding one unit
             if p["critical"]:
@@ -128,7 +141,7 @@ def test_order_two_points_for_width_five():
         red = rec["reduced"][p["reduced_id"]]
         assert abs(p["loss"] - red["loss"]) <= 1e-14 * abs(red["loss"])
         if p["critical"]:
-            assert p["fa_index"] == p["index"]
+            assert p["fa_index"] == p["index"] == p["index_predicted"]
     (row,) = rec["counts"]
     assert row["log10_bound"] == pytest.approx(math.log10(math.factorial(5) * math.comb(3, 2) / 4))
 
