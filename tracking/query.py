@@ -182,14 +182,17 @@ def _points_for(uri: str, rdf: pd.DataFrame) -> pd.DataFrame:
         return pdf
     arch = [c for c in ("run_id", *ARCH_COLUMNS, "trial_key") if c in rdf.columns]
     pdf = pdf.merge(rdf[arch], on="run_id", how="left")
-    for c in ("layer", "order", "reduced_id", "index", "n_zero", "plateau_dim"):
+    for c in ("layer", "order", "reduced_id", "index", "n_zero", "n_pos", "plateau_dim", "fa_index",
+              "index_predicted", "reduced_index", "index_lower_bound"):
         if c in pdf.columns:
             pdf[c] = pd.to_numeric(pdf[c]).astype("Int64")
-    if "fa_index" in pdf.columns:
-        pdf["fa_index"] = pd.to_numeric(pdf["fa_index"]).astype("Int64")
-    for c in ("critical", "ambiguous", "claim_zero_holds", "claim_guaranteed_holds"):
+    for c in ("critical", "ambiguous", "claim_zero_holds", "claim_guaranteed_holds", "reducible", "saddle",
+              "embedding_ok", "escape_certified"):
         if c in pdf.columns:
             pdf[c] = pdf[c].astype("boolean")
+    for c in ("reducible", "index_predicted", "saddle", "escape_certified"):   # records before schema 2
+        if c not in pdf.columns:
+            pdf[c] = pd.Series(pd.NA, index=pdf.index, dtype="boolean" if c != "index_predicted" else "Int64")
     if "neurons" in pdf.columns:
         pdf["neurons"] = pdf["neurons"].map(lambda v: tuple(v) if isinstance(v, list) else v)
     return pdf
@@ -245,6 +248,12 @@ def layer_orders(rdf: pd.DataFrame) -> list[tuple[int, int]]:
 
 SUMMARY_DOC = """\
 Columns of summary(): one row per group (the `by` columns) and hidden layer / order K.
+What it measures: the bound stands for ONE irreducible reduced critical point per layer and order (its
+C(n_k - K, K) permutation points, each of multiplicity n_k!/2^K prod_{l != k} n_l!). The counts say how many
+distinct irreducible reduced points the trials found (n_reduced_irreducible, up to permutation) and what index
+their permutation points have; reducible reduced points (on continua: coincident, antiparallel or silent
+neurons, or a smaller network at the same loss) are counted apart (n_reducible) and never multiplied.
+Saddles are certified: index >= 1 and the loss drops as 0.5 lambda eps^2 along every negative direction.
 n_seeds: converged trials behind the row (seeds: which). log10_minima: log10 prod_k n_k! (equivalent minima).
 log10_bound: log10 of the lower bound on K-th order permutation points of this layer.
 log10_critical / log10_saddle / log10_first_order: log10 of the multiplicity-scaled empirical count,
@@ -254,8 +263,18 @@ n_found .. n_first_order: mean over seeds of the distinct points found per trial
 frac_first_order: first-order saddles / saddles, pooled over seeds.
 frac_claim_zero: fraction of critical points with n_zero >= n_{k+1} (the abstract's claim);
 frac_claim_guaranteed: with n_neg + n_zero >= n_{k+1}; fa_agreement: fraction of points with a
-Fukumizu-Amari prediction where it equals the Hessian index (n_fa points had one); n_points: critical points
-behind these fractions; frac_ambiguous: zero/non-zero calls flagged ambiguous."""
+Fukumizu-Amari prediction where it equals the Hessian index (n_fa points had one); index_agreement: fraction
+where the split-block prediction (every layer) equals the Hessian index; n_points: critical points of
+irreducible reduced points behind these fractions; frac_ambiguous: zero/non-zero calls flagged ambiguous.
+n_reduced_irreducible / n_reducible / n_uncertified: mean per seed. point_index_dist: index -> number of
+critical permutation points of irreducible reduced points, pooled over seeds; reduced_index_dist: the same for
+the irreducible reduced points themselves. Records before schema 2 have these fields empty."""
+
+
+def _dist(values) -> str:
+    """'index:count, ...' of a column of integers (NA left out)."""
+    v = pd.Series(values).dropna().astype(int)
+    return ", ".join(f"{k}:{n}" for k, n in sorted(v.value_counts().items()))
 
 
 def summarise(rdf: pd.DataFrame, pdf: pd.DataFrame, by: Sequence[str] = ("task", "activation", "widths")
@@ -266,7 +285,8 @@ def summarise(rdf: pd.DataFrame, pdf: pd.DataFrame, by: Sequence[str] = ("task",
                  "log10_saddle", "log10_first_order", "log10_ratio_critical", "log10_ratio_saddle",
                  "log10_ratio_first_order", "n_found", "n_critical", "n_saddle", "n_first_order",
                  "frac_first_order", "frac_claim_zero", "frac_claim_guaranteed", "fa_agreement", "n_fa",
-                 "n_points", "frac_ambiguous"]
+                 "n_points", "frac_ambiguous", "n_reduced_irreducible", "n_reducible", "n_uncertified",
+                 "index_agreement", "point_index_dist", "reduced_index_dist"]
     if rdf.empty or "converged" not in rdf.columns:
         return pd.DataFrame(columns=cols)
     rdf = rdf[rdf["converged"]]
@@ -299,12 +319,23 @@ def summarise(rdf: pd.DataFrame, pdf: pd.DataFrame, by: Sequence[str] = ("task",
             for kind in ("found", "critical", "saddle", "first_order"):
                 col = pre + "n_" + kind
                 row["n_" + kind] = float(sub[col].fillna(0).mean()) if col in sub else float("nan")
+            for kind in ("reduced_irreducible", "reducible", "uncertified"):
+                col = pre + "n_" + kind
+                row["n_" + kind] = float(sub[col].mean()) if col in sub and sub[col].notna().any() else float("nan")
             n_sad = sub[pre + "n_saddle"].fillna(0).sum() if pre + "n_saddle" in sub else 0
             n_fo = sub[pre + "n_first_order"].fillna(0).sum() if pre + "n_first_order" in sub else 0
             row["frac_first_order"] = float(n_fo / n_sad) if n_sad else float("nan")
             lp = gp[(gp["layer"] == layer) & (gp["order"] == order) & (gp["critical"].fillna(False))] \
                 if not gp.empty else gp
+            if len(lp) and "reducible" in lp:
+                lp = lp[~lp["reducible"].fillna(False).astype(bool)]      # irreducible only (schema >= 2)
             row["n_points"] = int(len(lp))
+            row["point_index_dist"] = _dist(lp["index"]) if len(lp) else ""
+            red = lp.drop_duplicates(subset=["run_id", "reduced_id"]) if len(lp) and "reduced_index" in lp else lp.iloc[0:0]
+            row["reduced_index_dist"] = _dist(red["reduced_index"]) if len(red) else ""
+            pred = lp[lp["index_predicted"].notna()] if len(lp) else lp
+            row["index_agreement"] = float((pred["index_predicted"] == pred["index"]).astype(float).mean()) \
+                if len(pred) else float("nan")
             if len(lp):
                 row["frac_claim_zero"] = float(lp["claim_zero_holds"].astype(float).mean())
                 row["frac_claim_guaranteed"] = float(lp["claim_guaranteed_holds"].astype(float).mean()) \

@@ -205,7 +205,8 @@ def count_prefix(layer, order) -> str:
 
 
 COUNT_FIELDS = ("log10_bound", "n_found", "n_critical", "n_saddle", "n_first_order", "log10_critical",
-                "log10_saddle", "log10_first_order")
+                "log10_saddle", "log10_first_order", "n_pair_sets", "n_not_converged", "n_reduced",
+                "n_reduced_irreducible", "n_reducible", "n_uncertified", "n_ambiguous", "n_points_reducible")
 
 
 def record_metrics(record: dict) -> dict[str, float]:
@@ -215,7 +216,9 @@ def record_metrics(record: dict) -> dict[str, float]:
     arch_depth (number of hidden layers), arch_width_{min,max,sum}, time_<phase>, L<k>_barrier (highest
     path barrier of layer k) and, for converged trials only, the counts per layer and order
     L<k>_K<K>_{log10_bound, n_found, n_critical, n_saddle, n_first_order, log10_critical, log10_saddle,
-    log10_first_order, frac_first_order}. Unconverged trials log no counts: they count nowhere.
+    log10_first_order, frac_first_order, n_pair_sets, n_not_converged, n_reduced, n_reduced_irreducible,
+    n_reducible, n_uncertified, n_ambiguous, n_points_reducible} (permsym_core.counting: counts of irreducible
+    points only; saddles certified by escape). Unconverged trials log no counts: they count nowhere.
     """
     m: dict[str, float] = {}
     mini = record.get("minimum") or {}
@@ -256,7 +259,12 @@ def points_frame(record: dict):
 
     rows = []
     for i, p in enumerate(record.get("points") or []):
-        row = {k: v for k, v in p.items() if k != "params"}
+        row = {k: v for k, v in p.items() if k not in ("params", "escape")}
+        esc = p.get("escape")
+        if "escape" in p:     # schema >= 2: the escape test flattened (its per-direction rows stay in the record)
+            row["escape_certified"] = esc.get("certified") if esc else None
+            row["escape_n_checked"] = esc.get("n_checked") if esc else None
+            row["escape_worst_rel_err"] = esc.get("worst_rel_err") if esc else None
         row["point_id"] = i
         rows.append(row)
     return pd.DataFrame(rows)
