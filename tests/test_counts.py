@@ -78,6 +78,8 @@ def test_split_block_eigenvalues_are_the_hessians_on_the_antisymmetric_direction
         scale = abs(eigs).max()
         for s in S:
             assert np.min(np.abs(eigs - s)) <= 1e-12 * scale
+        if float(red_land.grad(theta).abs().max()) > 1e-10:
+            continue                       # counting with a tolerance needs a certified reduced point
         tau = 1e-9 * scale
         assert int(np.sum(eigs < -tau)) == int(np.sum(H_red < -1e-9 * abs(H_red).max()) + np.sum(S < -tau))
 
