@@ -269,3 +269,37 @@ def test_toy_width4_global_minimum_is_clean():
     assert m["is_minimum"] and m["index"] == 0 and m["n_zero"] == 0 and not m["ambiguous"]
     assert m["grad_inf"] <= 1e-15
     assert m["lowest_eigenvalues"][0] > 1e3 * m["tau"]
+
+
+def _assert_points_predicted_and_escaped(rec):
+    for p in rec["points"]:
+        assert p["index"] == p["index_predicted"], (p["layer"], p["neurons"], p["index"], p["index_predicted"])
+        assert p["index_lower_bound"] <= p["index"]          # generic bound: reduced index + rank C
+        if p["saddle"]:
+            assert p["escape"]["certified"] and p["escape"]["n_checked"] == p["index"]
+    for s in rec["gamma_scan"]:
+        assert s["index"] == s["index_predicted"], s
+
+
+def test_two_output_teacher_trial_index_is_predicted_everywhere():
+    """The duplicated neuron feeds two output units: no Fukumizu-Amari check exists, the split block does."""
+    n_points = 0
+    for seed in (0, 1):
+        rec = run_trial(TrialConfig(task="teacher", widths=(3,), activation="tanh", seed=seed, path_relax=False,
+                                    task_options={"widths": [3], "output_dim": 2, "n_samples": 100}))
+        assert rec["minimum"]["is_minimum"]
+        _assert_points_predicted_and_escaped(rec)
+        assert all(p["fa_index"] is None and p["plateau_dim"] == 2 for p in rec["points"])
+        n_points += len(rec["points"])
+    assert n_points >= 2
+
+
+def test_three_hidden_layer_trial_index_is_predicted_everywhere():
+    """A (2, 2, 2) student of a (2, 2, 2) sigmoid teacher: the permutation points of a middle layer feed two
+    units of the next hidden layer."""
+    rec = run_trial(TrialConfig(task="teacher", widths=(2, 2, 2), activation="sigmoid", seed=0,
+                                gamma_scan=False, path_relax=False,
+                                task_options={"widths": [2, 2, 2], "n_samples": 100}))
+    assert rec["minimum"]["is_minimum"]
+    assert rec["points"]
+    _assert_points_predicted_and_escaped(rec)

@@ -226,6 +226,10 @@ COMPARISON_PARAGRAPH = (
     "log10(bound): 0 means exactly one irreducible reduced point per layer and order, > 0 several.")
 
 
+def _percent(x) -> str:
+    return f"{100 * x:.0f} %" if isinstance(x, (int, float)) and math.isfinite(x) else "n/a"
+
+
 def _verdict(row) -> str:
     r = row["log10_ratio_critical"]
     if r is None or not math.isfinite(r):
@@ -299,7 +303,7 @@ def write_report(out_dir, sweep: str | None = None, tracking_uri: str | None = N
                           and math.isfinite(n_red) and n_red > 0 else "") + ")")
             lines.append(f"- {r['task']}/{r['activation']} widths {_fmt(r['widths'])}, layer {r['layer']}, "
                          f"K={r['order']}: {_verdict(r)}{why}; n_zero >= n_(k+1) at "
-                         f"{_fmt(r['frac_claim_zero'])} of points; {r['n_seeds']} seed(s).")
+                         f"{_percent(r['frac_claim_zero'])} of points; {r['n_seeds']} seed(s).")
         lines.append("")
         lines += ["<details><summary>Column definitions</summary>", "", "```", _query.SUMMARY_DOC, "```",
                   "", "</details>", ""]
