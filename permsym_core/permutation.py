@@ -97,11 +97,21 @@ def predicted_index(block_eigs: Sequence[np.ndarray], reduced_index: int, tau: f
     return int(reduced_index + sum(int(np.sum(np.asarray(e) < -tau)) for e in block_eigs))
 
 
-def rank_c(landscape: Landscape, theta: Tensor, layer: int, neuron: int, rtol: float = 1e-8) -> int:
-    """rank of C (singular values above rtol x the largest): a lower bound on the block's negative count."""
-    C = _neuron_terms(landscape, theta, layer, neuron)[1].cpu().numpy()
-    sv = np.linalg.svd(C, compute_uv=False)
-    return int(np.sum(sv > rtol * sv.max())) if sv.size and sv.max() > 0 else 0
+def c_spectrum(landscape: Landscape, theta: Tensor, layer: int, neuron: int) -> tuple[np.ndarray, float]:
+    """(singular values of C, max(lambda_max(B/2), 0)) of neuron m: what `negative_lower_bound` needs."""
+    B, C = _neuron_terms(landscape, theta, layer, neuron)
+    sv = np.linalg.svd(C.cpu().numpy(), compute_uv=False)
+    return sv, max(float(np.linalg.eigvalsh(0.5 * B.cpu().numpy())[-1]), 0.0)
+
+
+def negative_lower_bound(sv: np.ndarray, a: float, tau: float) -> int:
+    """A lower bound on #{eigenvalues of S = [[B/2, C], [C^T, 0]] below -tau}, from C alone: with (u_i, v_i)
+    the top-k singular pairs of C and x = (-alpha U c, V c), x^T S x / |x|^2 <= (alpha^2 a - 2 alpha s_k) /
+    (1 + alpha^2), whose minimum over alpha is (a - sqrt(a^2 + 4 s_k^2)) / 2 (a = max(lambda_max(B/2), 0));
+    by Courant-Fischer S has at least k eigenvalues at or below it. So every singular value with
+    (a - sqrt(a^2 + 4 s^2)) / 2 < -tau, i.e. s^2 > tau (a + tau), gives one negative eigenvalue: at tau = 0 the
+    classical n_neg >= rank C."""
+    return int(np.sum(np.asarray(sv) ** 2 > tau * (a + tau)))
 
 
 def fa_prediction(B_eigs: Sequence[np.ndarray], gamma: float, reduced_index: int, tau: float) -> int:

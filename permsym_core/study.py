@@ -24,8 +24,8 @@ from .landscape import LOSS_CONVENTION, Landscape
 from .minimize import minimise
 from .mlp import MLPSpec, params_to_json
 from .paths import permutation_path
-from .permutation import (GAMMA_GRID, fa_matrix, fa_prediction, plateau_check, predicted_index, rank_c,
-                          split_eigenvalues)
+from .permutation import (GAMMA_GRID, c_spectrum, fa_matrix, fa_prediction, negative_lower_bound, plateau_check,
+                          predicted_index, split_eigenvalues)
 from .points import analyse_point
 from .spectra import analyse_landscape
 from .tasks import make_task
@@ -213,7 +213,7 @@ class _Trial:
             block_eigs = {m: split_eigenvalues(st.landscape, st.theta, layer, m) for m in range(n_red)}
             B_eigs = ({m: np.linalg.eigvalsh(fa_matrix(st.landscape, st.theta, layer, m)) for m in range(n_red)}
                       if plateau_unit == 1 else {})
-            ranks = {m: rank_c(st.landscape, st.theta, layer, m) for m in range(n_red)}
+            ranks = {m: c_spectrum(st.landscape, st.theta, layer, m) for m in range(n_red)}
             for neurons in combinations(range(n_red), order):
                 self.points.append(self._point(layer, order, rid, item, st, neurons, plateau_unit, log10_mult,
                                                block_eigs, B_eigs, ranks))
@@ -242,7 +242,7 @@ class _Trial:
             **ana.fields(),
             "reduced_index": item["index"],
             "index_predicted": predicted_index([block_eigs[m] for m in neurons], item["index"], rep.tau),
-            "index_lower_bound": int(item["index"] + sum(ranks[m] for m in neurons)),
+            "index_lower_bound": int(item["index"] + sum(negative_lower_bound(*ranks[m], rep.tau) for m in neurons)),
             "block_eigenvalues": [block_eigs[m].tolist() for m in neurons],
             "embedding_ok": bool(rep.index >= item["index"] and rep.n_pos >= item["n_pos"]),
             "plateau_dim": plateau_dim,

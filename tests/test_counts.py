@@ -84,6 +84,34 @@ def test_split_block_eigenvalues_are_the_hessians_on_the_antisymmetric_direction
         assert int(np.sum(eigs < -tau)) == int(np.sum(H_red < -1e-9 * abs(H_red).max()) + np.sum(S < -tau))
 
 
+def test_negative_lower_bound_holds_and_is_attained_on_random_saddle_blocks():
+    """Brute force: eigenvalues of random [[A, C], [C^T, 0]] against the Courant-Fischer bound from C's
+    singular values, at thresholds from 0 (the bound is rank C) to above the smallest negative eigenvalue."""
+    rng = np.random.default_rng(0)
+    attained = 0
+    for trial in range(300):
+        n, m = int(rng.integers(1, 6)), int(rng.integers(1, 4))
+        A = rng.standard_normal((n, n)) * 10.0 ** rng.uniform(-3, 1)
+        A = A + A.T
+        C = rng.standard_normal((n, m)) * 10.0 ** rng.uniform(-6, 0)
+        S = np.block([[A, C], [C.T, np.zeros((m, m))]])
+        eig = np.linalg.eigvalsh(S)
+        sv = np.linalg.svd(C, compute_uv=False)
+        a = max(float(np.linalg.eigvalsh(A)[-1]), 0.0)
+        assert permutation.negative_lower_bound(sv, a, 0.0) == np.linalg.matrix_rank(C) == min(n, m)
+        for tau in (0.0, *np.abs(eig) * 0.999, *np.abs(eig) * 1.001):
+            bound = permutation.negative_lower_bound(sv, a, tau)
+            assert bound <= int(np.sum(eig < -tau)), (trial, tau)
+            attained += bound == int(np.sum(eig < -tau))
+    # with A = 0 the bound is exact (eigenvalues +-s_i): a wrong (too small) bound would not reach it
+    C = np.diag([3.0, 1e-3])
+    S = np.block([[np.zeros((2, 2)), C], [C.T, np.zeros((2, 2))]])
+    assert permutation.negative_lower_bound(np.array([3.0, 1e-3]), 0.0, 1e-3 * 0.99) == 2
+    assert permutation.negative_lower_bound(np.array([3.0, 1e-3]), 0.0, 1e-3 * 1.01) == 1
+    assert int(np.sum(np.linalg.eigvalsh(S) < -1e-3 * 0.99)) == 2
+    assert attained > 300
+
+
 def test_split_block_for_a_single_unit_is_the_fukumizu_amari_matrix():
     """C a is the gradient on the neuron's incoming vector (by the chain rule), so with one next-layer unit and
     a critical reduced point C = grad_w / a ~ 0 and S = diag(B/2, 0): the Fukumizu-Amari block."""
@@ -277,7 +305,7 @@ def _assert_points_predicted_and_escaped(rec):
         assert p["index_lower_bound"] <= p["index"]          # generic bound: reduced index + rank C
         if p["saddle"]:
             assert p["escape"]["certified"] and p["escape"]["n_checked"] == p["index"]
-    for s in rec["gamma_scan"]:
+    for s in rec.get("gamma_scan") or []:
         assert s["index"] == s["index_predicted"], s
 
 
