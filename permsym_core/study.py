@@ -73,7 +73,8 @@ class _Trial:
     def __init__(self, cfg: TrialConfig):
         self.cfg = cfg
         self.timings: dict[str, float] = {}
-        self.task = make_task(cfg.task, seed=cfg.seed, activation=cfg.activation, **cfg.task_options)
+        self.task = make_task(cfg.task, seed=cfg.seed, activation=cfg.activation, student_widths=cfg.widths,
+                              **cfg.task_options)
         bias = self.task.default_bias if cfg.bias is None else cfg.bias
         self.spec = MLPSpec((self.task.n_in, *cfg.widths, self.task.n_out), cfg.activation, bias,
                             self.task.output)

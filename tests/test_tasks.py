@@ -127,3 +127,21 @@ def test_mnist_from_raw_idx_files(tmp_path):
     assert t.X.shape == (40, 784) and torch.equal(t.Y, torch.as_tensor(labels))
     assert torch.equal(t.X, torch.as_tensor(imgs.reshape(40, -1) / 255.0))
     assert "torchvision" in t.info["source"] and t.info["images_available"] == 40
+
+
+def test_teacher_has_the_students_depth_by_default():
+    """Without teacher widths the teacher has the student's number of hidden layers, 4 units each; explicit
+    widths (teacher_widths, or the older name widths) win; naming both is an error."""
+    assert make_task("teacher", seed=0).info["teacher_widths"] == [2, 4, 1]
+    assert make_task("teacher", seed=0, student_widths=[3]).info["teacher_widths"] == [2, 4, 1]
+    assert make_task("teacher", seed=0, student_widths=[5, 3, 3]).info["teacher_widths"] == [2, 4, 4, 4, 1]
+    a = make_task("teacher", seed=1, student_widths=[3, 3], widths=[4])
+    b = make_task("teacher", seed=1, student_widths=[3, 3], teacher_widths=[4])
+    assert a.info["teacher_widths"] == b.info["teacher_widths"] == [2, 4, 1] and torch.equal(a.Y, b.Y)
+    assert make_task("teacher", seed=1, student_widths=[3], teacher_widths=[2, 5]).info["teacher_widths"] == [2, 2, 5, 1]
+    # the toy and mnist tasks ignore the student's widths
+    assert torch.equal(make_task("toy", student_widths=[3, 3]).Y, make_task("toy").Y)
+    with pytest.raises(ValueError, match=r"^teacher\.teacher_widths: expected either teacher_widths or its older"):
+        make_task("teacher", widths=[3], teacher_widths=[3])
+    with pytest.raises(ValueError, match=r"^teacher\.teacher_widths: expected a non-empty list of integers >= 1"):
+        make_task("teacher", teacher_widths=[])
