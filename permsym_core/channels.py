@@ -159,7 +159,7 @@ def detect_channel(landscape, history: list[tuple[int, float, Tensor]]) -> Chann
         found = ("growth", k, [m], {})
     kind, k, neurons, extra = found
     r = [_params_norm(_neuron_groups(spec, th), k, neurons) for _, _, th in history]
-    if r[-1] < (1 + MIN_GROWTH) * r[0] and kind != "linear":
+    if r[-1] < (1 + MIN_GROWTH) * r[0]:
         return None                     # the named neurons do not grow: no run-off along them
     its = np.array([h[0] for h in history], dtype=float)
     losses = np.array([h[1] for h in history], dtype=float)
