@@ -70,3 +70,17 @@ def test_no_channel_at_a_strict_minimum():
     hist = [(i, land.loss(teacher + s * (start - teacher)), teacher + s * (start - teacher))
             for i, s in enumerate([1.0, 0.5, 0.25, 0.125])]
     assert detect_channel(land, hist) is None
+
+
+def test_toy_g_seed_1_trial_is_recorded_as_a_channel():
+    """The toy sweep's g seed-1 student (width 4) runs along a converging pair: a recorded outcome with the
+    neurons named, not a dropped trial."""
+    from permsym_core.study import run_trial
+
+    rec = run_trial({"task": "toy", "widths": [4], "activation": "g", "seed": 1})
+    m = rec["minimum"]
+    assert m["stop_reason"] == "channel" and not m["converged"] and rec["counts"] == []
+    ch = m["channel"]
+    assert ch["kind"] == "converging" and ch["layer"] == 1 and len(ch["neurons"]) >= 2
+    assert f"neurons {ch['neurons']}" in rec["failure"]
+    assert ch["growth_rate"] > 0 and 0 <= ch["loss_limit_estimate"] <= m["loss"]
