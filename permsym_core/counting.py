@@ -9,7 +9,8 @@ multiplied by the multiplicity (log10_*); reducible ones lie on continua and are
 (`n_reducible`, `n_points_reducible`). A point counts as a saddle only when its index is >= 1 AND its escape
 test passed (the loss drops as 0.5 lambda eps^2 along every checked negative direction).
 
-Fields per row: layer, order, log10_bound, n_pair_sets (merged networks trained), n_not_converged,
+Fields per row: layer, order, log10_bound, n_pair_sets (merged networks trained), n_not_converged (of them,
+n_channel: ended along a channel to infinity, permsym_core.channels),
 n_reduced (distinct converged reduced points, reducible or not), n_reduced_irreducible, n_reducible,
 reduced_index_hist (index -> count, irreducible reduced points), n_found (permutation points of irreducible
 reduced points), n_critical (of those, |grad|_inf <= grad_tol measured at the point), n_saddle (certified
@@ -57,6 +58,7 @@ def count_rows(hidden: tuple[int, ...], orders, reduced: list[dict], points: lis
                 "log10_bound": theory.log10_permutation_points_layer(hidden, layer, order),
                 "n_pair_sets": n_pair_sets[key],
                 "n_not_converged": len(red) - len(conv),
+                "n_channel": sum(r.get("stop_reason") == "channel" for r in red),
                 "n_reduced": len(conv), "n_reduced_irreducible": len(irr), "n_reducible": len(conv) - len(irr),
                 "reduced_index_hist": _hist(r["index"] for r in irr),
                 "n_found": len(pts_irr), "n_critical": n_crit, "n_saddle": n_sad, "n_first_order": n_first,

@@ -18,7 +18,10 @@ Whatever happens, the gradient is recomputed at the returned point with Landscap
 DIVERGE_ABS or above DIVERGE_REL x the initial loss) ends as stop_reason "diverged" with the last good point; a trust region
 that keeps descending while |theta| grows past UNBOUNDED_GROWTH x its hand-over norm (a minimum at infinity:
 saturating units, a softmax separating classes) ends as "unbounded", the numbers in info["unbounded"];
-a wall-time budget ends as "time_limit"; the iteration budget as "max_iter"; a trust region that shrinks to
+a run along a channel to infinity (permsym_core.channels: the loss keeps falling while named neurons' weights
+grow, measured on snapshots of the last CHANNEL_WINDOW iterations, checked every CHANNEL_EVERY iterations from
+CHANNEL_MIN_ITER on, and once more on any unconverged ending) ends as "channel", the measurement in
+info["channel"]; a wall-time budget ends as "time_limit"; the iteration budget as "max_iter"; a trust region that shrinks to
 nothing or an optimiser that gives up without converging as "stalled". No exception escapes for these.
 Tensors live on the landscape's device (CUDA works); only the scipy methods go through CPU numpy.
 """
@@ -40,7 +43,11 @@ UNBOUNDED_GROWTH = 10.0     # |theta| beyond this x max(|theta| at the hand-over
 ZERO_CURV = 1e-12           # eigenvalues below this x |lambda|_max count as zero curvature in the subproblem
 DIVERGE_ABS = 1e10
 DIVERGE_REL = 1e6
-STOP_REASONS = ("converged", "max_iter", "time_limit", "diverged", "stalled", "unbounded")
+CHANNEL_EVERY = 25          # snapshot (and channel check) period of the second-order phase, in iterations
+CHANNEL_MIN_ITER = 300      # no channel call before this many second-order iterations (a finite minimum is
+#                             reached by then: Newton converges in tens of iterations near one)
+CHANNEL_WINDOW = 250        # the window of snapshots a channel is measured on
+STOP_REASONS = ("converged", "max_iter", "time_limit", "diverged", "stalled", "unbounded", "channel")
 METHODS = ("auto", "trust-region", "trust-exact", "lbfgs")
 _EPS = np.finfo(np.float64).eps
 
@@ -85,6 +92,28 @@ class _Run:
         self.best = None            # (loss, theta) of the lowest finite loss met at an accepted point
         self.iters = {"adam": 0, "second_order": 0}
         self.info = {}
+        self.history: list[tuple[int, float, Tensor]] = []   # (iteration, loss, theta) snapshots
+
+    def snapshot(self, it: int, loss: float, theta: Tensor) -> None:
+        if it % CHANNEL_EVERY == 0 and (not self.history or self.history[-1][0] != it):
+            self.history.append((it, loss, theta.detach().clone()))
+            if len(self.history) > 4 * CHANNEL_WINDOW // CHANNEL_EVERY:
+                del self.history[0]
+
+    def channel(self, it: int):
+        """The channel measured on the last CHANNEL_WINDOW iterations' snapshots (None: not one)."""
+        from .channels import detect_channel
+
+        win = [h for h in self.history if h[0] >= it - CHANNEL_WINDOW]
+        if len(win) < 3 or not hasattr(self.land, "spec"):
+            return None
+        try:
+            ch = detect_channel(self.land, win)
+        except (RuntimeError, ValueError):
+            return None
+        if ch is not None:
+            self.info["channel"] = ch.to_dict()
+        return ch
 
     def check_time(self) -> None:
         if self.deadline is not None and time.perf_counter() > self.deadline:
@@ -198,6 +227,9 @@ def _trust_region(run: _Run, theta: Tensor, max_iter: int) -> tuple[Tensor, str]
     for it in range(1, max_iter + 1):
         run.check_time()
         run.iters["second_order"] = it
+        run.snapshot(it - 1, loss, theta)
+        if it - 1 >= CHANNEL_MIN_ITER and (it - 1) % CHANNEL_EVERY == 0 and run.channel(it - 1) is not None:
+            return theta, "channel"
         if lam is None:
             H = run.land.hessian(theta)
             if not bool(torch.isfinite(H).all()):
@@ -262,6 +294,7 @@ def _scipy(run: _Run, theta: Tensor, max_iter: int, method: str) -> tuple[Tensor
         run.iters["second_order"] += 1
         loss, g = run.raw(x)
         ginf = run.accept(x, loss, g)
+        run.snapshot(run.iters["second_order"], loss, x)
         state["x"] = x
         if ginf <= run.tol:
             state["stop"] = "converged"
@@ -346,6 +379,9 @@ def minimise(landscape, theta0, *, grad_tol: float = 1e-10, max_iter: int = 2000
         reason = "converged"
     elif reason == "converged":
         reason = "stalled"
+    if not converged and reason in ("max_iter", "time_limit", "stalled", "unbounded") and run.history:
+        if run.channel(run.history[-1][0]) is not None:     # the unconverged ending, measured: a channel?
+            reason = "channel"
     info = {"n_params": P, "lr": lr, "adam_steps": adam_steps, "warmup": warmup, "seed": seed,
             "time_limit_s": time_limit_s, "max_iter": max_iter}
     info.update(run.info)

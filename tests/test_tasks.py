@@ -103,7 +103,7 @@ def test_mnist_raw_pixels_regression_and_errors(tmp_path):
     assert f"{root}/MNIST/raw/train-images-idx3-ubyte" in msg
     with pytest.raises(ValueError, match=r"^mnist\.n_samples: expected at most 5000"):
         make_task("mnist", n_samples=5001)
-    with pytest.raises(ValueError, match=r"^mnist\.target: expected 'class' or 'regression', got 'digits'$"):
+    with pytest.raises(ValueError, match=r"^mnist\.target: expected one of 'class', 'softmax', 'onehot', 'regression', got 'digits'$"):
         make_task("mnist", target="digits")
 
 
@@ -127,3 +127,32 @@ def test_mnist_from_raw_idx_files(tmp_path):
     assert t.X.shape == (40, 784) and torch.equal(t.Y, torch.as_tensor(labels))
     assert torch.equal(t.X, torch.as_tensor(imgs.reshape(40, -1) / 255.0))
     assert "torchvision" in t.info["source"] and t.info["images_available"] == 40
+
+
+def test_teacher_has_the_students_depth_by_default():
+    """Without teacher widths the teacher has the student's number of hidden layers, 4 units each; explicit
+    widths (teacher_widths, or the older name widths) win; naming both is an error."""
+    assert make_task("teacher", seed=0).info["teacher_widths"] == [2, 4, 1]
+    assert make_task("teacher", seed=0, student_widths=[3]).info["teacher_widths"] == [2, 4, 1]
+    assert make_task("teacher", seed=0, student_widths=[5, 3, 3]).info["teacher_widths"] == [2, 4, 4, 4, 1]
+    a = make_task("teacher", seed=1, student_widths=[3, 3], widths=[4])
+    b = make_task("teacher", seed=1, student_widths=[3, 3], teacher_widths=[4])
+    assert a.info["teacher_widths"] == b.info["teacher_widths"] == [2, 4, 1] and torch.equal(a.Y, b.Y)
+    assert make_task("teacher", seed=1, student_widths=[3], teacher_widths=[2, 5]).info["teacher_widths"] == [2, 2, 5, 1]
+    # the toy and mnist tasks ignore the student's widths
+    assert torch.equal(make_task("toy", student_widths=[3, 3]).Y, make_task("toy").Y)
+    with pytest.raises(ValueError, match=r"^teacher\.teacher_widths: expected either teacher_widths or its older"):
+        make_task("teacher", widths=[3], teacher_widths=[3])
+    with pytest.raises(ValueError, match=r"^teacher\.teacher_widths: expected a non-empty list of integers >= 1"):
+        make_task("teacher", teacher_widths=[])
+
+
+def test_mnist_onehot_and_softmax_targets():
+    """'onehot': squared error on one-hot labels (10 regression outputs, one 1 per row at the label);
+    'softmax': the class labels, the same task as 'class'."""
+    c = make_task("mnist", seed=0, n_samples=50, target="class")
+    o = make_task("mnist", seed=0, n_samples=50, target="onehot")
+    s = make_task("mnist", seed=0, n_samples=50, target="softmax")
+    assert (o.output, o.n_out, o.Y.shape, o.Y.dtype) == ("regression", 10, (50, 10), torch.float64)
+    assert torch.equal(o.Y.argmax(1), c.Y) and torch.equal(o.Y.sum(1), torch.ones(50, dtype=torch.float64))
+    assert torch.equal(o.X, c.X) and torch.equal(s.Y, c.Y) and s.output == "classification"

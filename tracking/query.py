@@ -268,13 +268,30 @@ where the split-block prediction (every layer) equals the Hessian index; n_point
 irreducible reduced points behind these fractions; frac_ambiguous: zero/non-zero calls flagged ambiguous.
 n_reduced_irreducible / n_reducible / n_uncertified: mean per seed. point_index_dist: index -> number of
 critical permutation points of irreducible reduced points, pooled over seeds; reduced_index_dist: the same for
-the irreducible reduced points themselves. Records before schema 2 have these fields empty."""
+the irreducible reduced points themselves. Records before schema 2 have these fields empty.
+n_trials / frac_certified / frac_channel: over ALL the group's finished trials (converged or not), the number,
+the fraction whose theta* is a certified minimum, and the fraction whose minimisation ended along a channel to
+infinity (stop reason "channel"); a group with no converged trial still gets one row (layer empty, n_seeds 0)."""
 
 
 def _dist(values) -> str:
     """'index:count, ...' of a column of integers (NA left out)."""
     v = pd.Series(values).dropna().astype(int)
     return ", ".join(f"{k}:{n}" for k, n in sorted(v.value_counts().items()))
+
+
+def _outcomes(rdf: pd.DataFrame, by: list) -> dict[tuple, dict]:
+    """Per group, over ALL its finished trials: n_trials, frac_certified (a certified minimum), frac_channel
+    (the minimisation ran along a channel to infinity; permsym_core.channels)."""
+    out = {}
+    for key, g in rdf.groupby(by, sort=True, dropna=False):
+        key = key if isinstance(key, tuple) else (key,)
+        cert = g["minimum_certified"] if "minimum_certified" in g else pd.Series(float("nan"), index=g.index)
+        chan = g["minimum_channel"] if "minimum_channel" in g else pd.Series(float("nan"), index=g.index)
+        out[key] = {"n_trials": int(len(g)),
+                    "frac_certified": float(cert.fillna(0).mean()) if cert.notna().any() else float("nan"),
+                    "frac_channel": float(chan.fillna(0).mean()) if chan.notna().any() else float("nan")}
+    return out
 
 
 def summarise(rdf: pd.DataFrame, pdf: pd.DataFrame, by: Sequence[str] = ("task", "activation", "widths")
@@ -286,16 +303,16 @@ def summarise(rdf: pd.DataFrame, pdf: pd.DataFrame, by: Sequence[str] = ("task",
                  "log10_ratio_first_order", "n_found", "n_critical", "n_saddle", "n_first_order",
                  "frac_first_order", "frac_claim_zero", "frac_claim_guaranteed", "fa_agreement", "n_fa",
                  "n_points", "frac_ambiguous", "n_reduced_irreducible", "n_reducible", "n_uncertified",
-                 "index_agreement", "point_index_dist", "reduced_index_dist"]
+                 "index_agreement", "point_index_dist", "reduced_index_dist", "n_trials", "frac_certified",
+                 "frac_channel"]
     if rdf.empty or "converged" not in rdf.columns:
         return pd.DataFrame(columns=cols)
-    rdf = rdf[rdf["converged"]]
     missing = [b for b in by if b not in rdf.columns]
     if missing:
         raise ValueError(f"by: unknown column {missing[0]!r}; expected run columns such as task, activation, "
                          f"widths, depth, seed, orders")
-    if rdf.empty:
-        return pd.DataFrame(columns=cols)
+    outcomes = _outcomes(rdf, by)
+    rdf = rdf[rdf["converged"]]
     rows = []
     for key, g in rdf.groupby(by, sort=True, dropna=False):
         key = key if isinstance(key, tuple) else (key,)
@@ -349,7 +366,12 @@ def summarise(rdf: pd.DataFrame, pdf: pd.DataFrame, by: Sequence[str] = ("task",
             else:
                 row.update(frac_claim_zero=float("nan"), frac_claim_guaranteed=float("nan"), n_fa=0,
                            fa_agreement=float("nan"), frac_ambiguous=float("nan"))
+            row.update(outcomes[key])
             rows.append(row)
+    have = {tuple(r[b] for b in by) for r in rows}
+    for key, frac in outcomes.items():      # a group without a converged trial still shows its outcomes
+        if key not in have:
+            rows.append({**dict(zip(by, key)), "n_seeds": 0, **frac})
     out = pd.DataFrame(rows, columns=cols)
     return out.sort_values(by + ["layer", "order"], kind="stable").reset_index(drop=True)
 
@@ -360,7 +382,7 @@ def summary(sweep: str | None = None, experiment: str | None = None, tracking_ur
     """Per group (`by`) and per (layer, order): the empirical counts against the bound (see SUMMARY_DOC)."""
     uri = resolve_tracking_uri(tracking_uri, results_dir)
     rdf = runs(sweep, experiment, uri, task=task, activation=activation, width_min=width_min,
-               width_max=width_max, depth=depth, converged_only=True, filter_string=filter_string)
+               width_max=width_max, depth=depth, converged_only=False, filter_string=filter_string)
     return summarise(rdf, _points_for(uri, rdf), by)
 
 

@@ -205,14 +205,15 @@ def count_prefix(layer, order) -> str:
 
 
 COUNT_FIELDS = ("log10_bound", "n_found", "n_critical", "n_saddle", "n_first_order", "log10_critical",
-                "log10_saddle", "log10_first_order", "n_pair_sets", "n_not_converged", "n_reduced",
+                "log10_saddle", "log10_first_order", "n_pair_sets", "n_not_converged", "n_channel", "n_reduced",
                 "n_reduced_irreducible", "n_reducible", "n_uncertified", "n_ambiguous", "n_points_reducible")
 
 
 def record_metrics(record: dict) -> dict[str, float]:
     """The trial's scalars as MLflow metrics (non-finite and missing values are left out).
 
-    minimum_{loss,grad_inf,index,n_zero}, n_params, log10_minima, n_points, n_reduced, converged (1/0),
+    minimum_{loss,grad_inf,index,n_zero}, minimum_channel (1/0: the minimisation ended along a channel to
+    infinity), minimum_certified (1/0: a converged trial whose theta* is a certified minimum), n_params, log10_minima, n_points, n_reduced, converged (1/0),
     arch_depth (number of hidden layers), arch_width_{min,max,sum}, time_<phase>, L<k>_barrier (highest
     path barrier of layer k) and, for converged trials only, the counts per layer and order
     L<k>_K<K>_{log10_bound, n_found, n_critical, n_saddle, n_first_order, log10_critical, log10_saddle,
@@ -230,6 +231,8 @@ def record_metrics(record: dict) -> dict[str, float]:
     m["n_reduced"] = len(record.get("reduced") or [])
     conv = record_converged(record)
     m["converged"] = 1.0 if conv else 0.0
+    m["minimum_channel"] = 1.0 if mini.get("stop_reason") == "channel" else 0.0
+    m["minimum_certified"] = 1.0 if (conv and mini.get("is_minimum")) else 0.0
     widths = [int(w) for w in (record.get("config") or {}).get("widths") or []]
     if widths:
         m["arch_depth"] = len(widths)
