@@ -2,16 +2,28 @@
 
 The first half runs from the trained network theta* to the permutation point built by merging its neurons
 i and j (the merged neuron duplicated back into slots i and j). It starts as a straight line and is relaxed
-into a minimum-energy path by the simplified string method (preconditioned, both ends fixed). The second half is its mirror image under the exchange of i and j, so the whole path is
-symmetric and ends at the partner minimum.
+into a minimum-energy path by the simplified string method (preconditioned, both ends fixed). The second half
+is its mirror image under the exchange of i and j, so the whole path is symmetric and ends at the partner
+minimum.
+
+What makes a path relaxed is measured, not assumed: the largest gradient component perpendicular to the
+path over its interior images (`max_perp_grad`) against a stated tolerance, PERP_GRAD_RTOL x the straight
+line's (`perp_grad_tol`), giving `relaxed_converged`; the barrier beside the straight line's; and whether the
+highest image is the permutation point (expected of a minimum-energy path when that point is a first-order
+saddle). A straight (unrelaxed) path has max_perp_grad = the straight line's and never passes.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from . import surgery
 from .landscape import Landscape
+
+PERP_GRAD_RTOL = 0.1        # relaxed: perpendicular gradient below this fraction of the straight line's
+BARRIER_RTOL = 1e-12        # round-off allowed when comparing the barrier with the straight line's
 
 
 def _tangents(images: Tensor, energies: Tensor) -> Tensor:
@@ -85,9 +97,8 @@ def string_path(landscape: Landscape, start: Tensor, end: Tensor, n_images: int 
     """Relax the straight line start -> end (both fixed) into a minimum-energy path by the simplified string
     method (E, Ren and Vanden-Eijnden 2007): a preconditioned descent step of every interior image, each kept
     only when it lowers that image's loss (its own trust radius shrinks otherwise), then reparametrisation to
-    equal arc length. Returns (images, losses, info): info has the iterations, whether it stopped for want of a descent
-    step (stalled), and the largest gradient component perpendicular to the path that remains (the
-    discretisation error of reparametrising a curved path with n_images images)."""
+    equal arc length. Returns (images, losses, info): info has the iterations, whether it stopped for want of a
+    descent step (stalled), and the largest gradient component perpendicular to the path that remains."""
     ts = torch.linspace(0, 1, n_images, dtype=start.dtype, device=start.device)[:, None]
     images = (1 - ts) * start + ts * end
     evaluate = _batched_loss_grad(landscape)
@@ -109,12 +120,24 @@ def string_path(landscape: Landscape, start: Tensor, end: Tensor, n_images: int 
         trial[1:-1] = torch.where(ok, trial[1:-1], images[1:-1])     # each image keeps only its own descent
         images = _reparametrise(trial)
         losses, grads = evaluate(images)
-    tau = _tangents(images, losses)
-    g = grads[1:-1]
-    g_perp = float((g - (g * tau).sum(1, keepdim=True) * tau).abs().max())
-    info = {"method": "string", "iterations": it, "max_perp_grad": g_perp,
+    info = {"method": "string", "iterations": it, "max_perp_grad": _perp_grad(images, losses, grads),
             "stalled": float(radius.max()) < 1e-10 * spacing, "image_spacing": spacing}
     return images, losses.detach(), info
+
+
+def _perp_grad(images: Tensor, losses: Tensor, grads: Tensor) -> float:
+    """max over the interior images of |g - (g . tau) tau|_inf (tau: the upwind tangent); 0 without any."""
+    if images.shape[0] < 3:
+        return 0.0
+    tau = _tangents(images, losses)
+    g = grads[1:-1]
+    return float((g - (g * tau).sum(1, keepdim=True) * tau).abs().max())
+
+
+def perp_grad(landscape: Landscape, images: Tensor) -> float:
+    """The largest gradient component perpendicular to the polyline `images` at its interior images."""
+    losses, grads = _batched_loss_grad(landscape)(images)
+    return _perp_grad(images, losses, grads)
 
 
 def _lambda_max(landscape: Landscape, theta: Tensor, iters: int = 30) -> float:
@@ -129,27 +152,65 @@ def _lambda_max(landscape: Landscape, theta: Tensor, iters: int = 30) -> float:
     return abs(lam)
 
 
-def permutation_path(landscape: Landscape, theta_star: Tensor, point: Tensor, layer: int,
-                     pair: tuple[int, int], n_points: int = 41, relax: bool = True, iters: int = 60) -> dict:
-    """The path theta* -> point -> P_ij theta* with at least n_points losses, and its barrier."""
-    half = (max(n_points, 3) + 1) // 2          # images of the first half, both ends included
-    info = None
-    if relax:
-        images, losses, info = string_path(landscape, theta_star, point, n_images=half, iters=iters)
-    else:
-        ts = torch.linspace(0, 1, half, dtype=theta_star.dtype, device=theta_star.device)[:, None]
-        images = (1 - ts) * theta_star + ts * point
-        losses = torch.tensor([landscape.loss(x) for x in images], dtype=theta_star.dtype)
+@dataclass
+class HalfPath:
+    """theta* -> permutation point: the images (both ends included), their losses, the string method's state
+    (None when not relaxed), and the straight line's losses and perpendicular gradient."""
+
+    images: Tensor
+    losses: list[float]
+    string: dict | None
+    straight_losses: list[float]
+    straight_perp_grad: float
+    perp_grad: float
+
+
+def trace_half(landscape: Landscape, theta_star: Tensor, point: Tensor, n_images: int, relax: bool = True,
+               iters: int = 60) -> HalfPath:
+    """The first half of a permutation path: the straight line theta* -> point, relaxed by string_path when
+    `relax`, with the straight line's measurements beside it."""
+    ts = torch.linspace(0, 1, n_images, dtype=theta_star.dtype, device=theta_star.device)[:, None]
+    straight = (1 - ts) * theta_star + ts * point
+    s_losses, s_grads = _batched_loss_grad(landscape)(straight)
+    s_perp = _perp_grad(straight, s_losses, s_grads)
+    s_losses = [float(v) for v in s_losses]
+    if not relax:
+        return HalfPath(straight, s_losses, None, s_losses, s_perp, s_perp)
+    images, losses, info = string_path(landscape, theta_star, point, n_images=n_images, iters=iters)
+    return HalfPath(images, [float(v) for v in losses], info, s_losses, s_perp, info["max_perp_grad"])
+
+
+def path_record(landscape: Landscape, half: HalfPath, layer: int, pair: tuple[int, int]) -> dict:
+    """The record of theta* -> point -> P_ij theta* (the second half the mirror image of `half`)."""
     spec = landscape.spec
-    mirrored = [surgery.swap(spec, x, layer, *pair) for x in images.flip(0)[1:]]
-    mirror_losses = [landscape.loss(x) for x in mirrored]
-    all_losses = [float(v) for v in losses] + mirror_losses
+    mirrored = [surgery.swap(spec, x, layer, *pair) for x in half.images.flip(0)[1:]]
+    all_losses = half.losses + [landscape.loss(x) for x in mirrored]
+    barrier = max(all_losses) - all_losses[0]
+    straight_barrier = max(half.straight_losses) - half.straight_losses[0]
+    point_loss = half.losses[-1]
+    tol = PERP_GRAD_RTOL * half.straight_perp_grad
     return {
         "layer": layer,
         "pair": [int(pair[0]), int(pair[1])],
         "losses": all_losses,
-        "barrier": max(all_losses) - all_losses[0],
-        "relaxed": bool(relax),
-        "neb": info,
-        "point_loss": float(losses[-1]),
+        "barrier": barrier,
+        "relaxed": half.string is not None,
+        "string": half.string,
+        "point_loss": point_loss,
+        "straight_barrier": straight_barrier,
+        "barrier_le_straight": bool(barrier <= straight_barrier + BARRIER_RTOL * max(abs(straight_barrier),
+                                                                                    abs(point_loss))),
+        "max_perp_grad": half.perp_grad,
+        "straight_max_perp_grad": half.straight_perp_grad,
+        "perp_grad_rtol": PERP_GRAD_RTOL,
+        "perp_grad_tol": tol,
+        "relaxed_converged": bool(half.string is not None and half.perp_grad <= tol),
+        "highest_at_point": bool(max(half.losses) <= point_loss + BARRIER_RTOL * abs(point_loss)),
     }
+
+
+def permutation_path(landscape: Landscape, theta_star: Tensor, point: Tensor, layer: int,
+                     pair: tuple[int, int], n_points: int = 41, relax: bool = True, iters: int = 60) -> dict:
+    """The path theta* -> point -> P_ij theta* with at least n_points losses, and its barrier."""
+    half = (max(n_points, 3) + 1) // 2          # images of the first half, both ends included
+    return path_record(landscape, trace_half(landscape, theta_star, point, half, relax, iters), layer, pair)

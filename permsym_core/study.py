@@ -23,12 +23,15 @@ from .counting import count_rows
 from .landscape import LOSS_CONVENTION, Landscape
 from .minimize import minimise
 from .mlp import MLPSpec, params_to_json
-from .paths import permutation_path
+from .paths import path_record, trace_half
 from .permutation import (GAMMA_GRID, c_spectrum, fa_matrix, fa_prediction, negative_lower_bound, plateau_check,
                           predicted_index, split_eigenvalues)
 from .points import analyse_point
 from .spectra import analyse_landscape
 from .tasks import make_task
+from .valleys import build_valley, permuted_minimum_path
+
+VALLEY_POINTS = 2          # irreducible reduced points per (layer, order) whose valleys a trial builds
 
 PhaseCallback = Callable[[str, int, int], None]   # on_phase(phase, k, n): see run_trial
 
@@ -87,6 +90,10 @@ class _Trial:
         self.points: list[dict] = []
         self.gamma_scan: list[dict] = []
         self.paths: list[dict] = []
+        self.halves: dict = {}
+        self.valleys: list[dict] = []
+        self.valley_groups: list[dict] = []
+        self.permuted_paths: list[dict] = []
         self.phase: PhaseCallback = lambda _p, _k, _n: None
 
     def _tick(self, phase: str, t0: float) -> None:
@@ -285,9 +292,71 @@ class _Trial:
         items = sorted(self.pair_points.items())
         for n_done, ((layer, pair), theta_p) in enumerate(items):
             self.phase("paths", n_done, len(items))
-            self.paths.append(permutation_path(self.landscape, self.theta_star, theta_p, layer, pair,
-                                               n_points=self.cfg.path_points, relax=self.cfg.path_relax))
+            half = trace_half(self.landscape, self.theta_star, theta_p, (max(self.cfg.path_points, 3) + 1) // 2,
+                              relax=self.cfg.path_relax)
+            self.halves[(layer, pair)] = half
+            rec = path_record(self.landscape, half, layer, pair)
+            point = self._matching_point(layer, theta_p, rec["point_loss"])
+            first = None if point is None else bool(point["index"] == 1 and point["saddle"])
+            rec.update(point_index=None if point is None else point["index"], point_first_order=first,
+                       highest_at_point_ok=None if not first else rec["highest_at_point"])
+            self.paths.append(rec)
         self._tick("paths", t0)
+
+    def _matching_point(self, layer: int, theta_p, loss: float) -> dict | None:
+        """The recorded order-1 permutation point that theta_p is, up to permutation and sign (None if none)."""
+        target = orient(self.spec, theta_p)
+        tol = DEDUP_PARAM_RTOL * max(1.0, float(theta_p.abs().max()))
+        for p in self.points:
+            if p["layer"] != layer or p["order"] != 1 or not same_loss(p["loss"], loss, self.loss_scale):
+                continue
+            st = self.state[p["reduced_id"]]
+            cand = orient(self.spec, surgery.duplicate(st.spec, st.theta, layer, p["neurons"], 0.5)[1])
+            if surgery.distance_up_to_permutation(self.spec, target, cand) <= tol:
+                return p
+        return None
+
+    # 7b. valleys ------------------------------------------------------------------------------------
+    def build_valleys(self) -> None:
+        """Valleys at the first VALLEY_POINTS irreducible reduced points of every (layer, order) (their
+        permutation point duplicating the first K neurons), then one minimum-to-permuted-minimum path per
+        layer with a traced path (preferring a first-order saddle whose path peaks at the point)."""
+        from .permutation import duplicated_positions
+
+        t0 = time.perf_counter()
+        done: dict[tuple[int, int], int] = {}
+        for rid, item in enumerate(self.reduced):
+            key = (item["layer"], item["order"])
+            if not item["converged"] or item["reducible"] or done.get(key, 0) >= VALLEY_POINTS:
+                continue
+            done[key] = done.get(key, 0) + 1
+            st, layer, order = self.state[rid], item["layer"], item["order"]
+            neurons = list(range(order))
+            _, theta_p = surgery.duplicate(st.spec, st.theta, layer, neurons, 0.5)
+            pairs = duplicated_positions(st.spec.widths[layer], neurons)
+            items, group = build_valley(self.landscape, theta_p, layer, pairs)
+            tag = {"order": order, "reduced": rid, "neurons": neurons}
+            self.valleys += [{**tag, **it} for it in items]
+            self.valley_groups.append({**tag, **group})
+        rng = np.random.default_rng(self.cfg.seed)
+        for layer in range(1, self.spec.depth):
+            cands = [(i, p) for i, p in enumerate(self.paths) if p["layer"] == layer]
+            if not cands:
+                continue
+            _, best = min(cands, key=lambda ip: (not ip[1].get("point_first_order"),
+                                                 not ip[1]["highest_at_point"],
+                                                 not ip[1]["relaxed_converged"], ip[0]))
+            n = self.spec.widths[layer]
+            sigma = rng.permutation(n)
+            if n > 1 and list(sigma) == list(range(n)):
+                sigma = np.roll(sigma, 1)
+            pair = tuple(best["pair"])
+            half = self.halves[(layer, pair)]
+            rec = permuted_minimum_path(self.landscape, half.images, half.losses, layer, pair, sigma)
+            rec.update(relaxed=best["relaxed"], relaxed_converged=best["relaxed_converged"],
+                       point_first_order=best.get("point_first_order"))
+            self.permuted_paths.append(rec)
+        self._tick("valleys", t0)
 
     # 8. counts --------------------------------------------------------------------------------------
     def counts(self) -> list[dict]:
@@ -301,7 +370,7 @@ def run_trial(config: TrialConfig | dict, on_phase: PhaseCallback | None = None)
     on_phase(phase, k, n), when given, is called as the trial goes: ("minimum", 0, 1), then for each
     (layer, order) ("reduced L<layer>K<order>", k, n) before the k-th of n reduced trainings,
     ("points L<layer>K<order>", k, n) before the k-th of n reduced points' analyses, ("paths", k, n)
-    before the k-th of n paths, and ("done", 1, 1). It must be cheap and must not raise."""
+    before the k-th of n paths, ("valleys", 0, 1), and ("done", 1, 1). It must be cheap and must not raise."""
     cfg = config if isinstance(config, TrialConfig) else TrialConfig.from_dict(config)
     phase = on_phase or (lambda _p, _k, _n: None)
     t_start = time.perf_counter()
@@ -340,6 +409,8 @@ def run_trial(config: TrialConfig | dict, on_phase: PhaseCallback | None = None)
                 trial.reduce(layer, order)
                 trial.build_points(layer, order)
         trial.trace_paths()
+        phase("valleys", 0, 1)
+        trial.build_valleys()
         record["counts"] = trial.counts()
     else:
         record["failure"] = (f"minimum not converged: {minimum['stop_reason']} "
@@ -348,7 +419,8 @@ def run_trial(config: TrialConfig | dict, on_phase: PhaseCallback | None = None)
             ch = minimum["channel"]
             record["failure"] += f"; channel {ch['kind']} in layer {ch['layer']}, neurons {ch['neurons']}"
         record["counts"] = []
-    record.update(reduced=trial.reduced, points=trial.points, paths=trial.paths)
+    record.update(reduced=trial.reduced, points=trial.points, paths=trial.paths, valleys=trial.valleys,
+                  valley_groups=trial.valley_groups, permuted_paths=trial.permuted_paths)
     if trial.gamma_scan:
         record["gamma_scan"] = trial.gamma_scan
     phase("done", 1, 1)

@@ -92,11 +92,13 @@ def gamma_line_figure(record: dict, max_lines: int = 6) -> Figure | None:
         line = ax1.plot(g, np.asarray(s["index"], dtype=float) + off, marker="o", ms=3, lw=1, label=label)[0]
         ax2.plot(g, np.asarray(s["n_zero"], dtype=float) + off, marker="o", ms=3, lw=1, color=line.get_color(),
                  label=label)
-        fa = s.get("fa_index")
+        # the split block's prediction; records before schema 2 carried the Fukumizu-Amari one as fa_index
+        fa = s.get("index_predicted", s.get("fa_index"))
         if fa is not None and len(fa) == len(g):
             fa_v = np.array([np.nan if v is None else float(v) for v in fa])
             ax1.plot(g, fa_v + off, ls="none", marker="x", ms=6, color="k", alpha=0.6,
-                     label=None if fa_labelled else "Fukumizu-Amari prediction")
+                     label=None if fa_labelled else ("split-block prediction" if "index_predicted" in s
+                                                     else "Fukumizu-Amari prediction"))
             fa_labelled = True
     for ax, name, key in ((ax1, "index (# eigenvalues < -tau)", "index"),
                           (ax2, "n_zero (# |eigenvalue| <= tau)", "n_zero")):
@@ -139,11 +141,69 @@ def path_figure(record: dict) -> Figure | None:
     return fig
 
 
+def valley_figure(record: dict, max_lines: int = 6) -> Figure | None:
+    """Relative loss deviation along the valley segments of each transposition (record['valleys']): flat at
+    the permutation point's loss, the 1e-12 tolerance dashed."""
+    items = [v for v in record.get("valleys") or [] if v.get("losses")]
+    if not items:
+        return None
+    groups = {(g.get("layer"), g.get("reduced")): g for g in record.get("valley_groups") or []}
+    fig = new_figure(7.5, 3.8)
+    ax = fig.subplots()
+    for v in items[:max_lines]:
+        g = groups.get((v.get("layer"), v.get("reduced")), {})
+        ref, floor = g.get("loss"), g.get("loss_floor") or 0.0
+        losses = np.asarray(v["losses"], dtype=float)
+        if ref is None:
+            continue
+        dev = np.abs(losses - ref) / max(abs(ref), floor, 1e-300)
+        s = np.linspace(0, v.get("n_segments", 1), len(losses))
+        p, q = v.get("transposition") or ["?", "?"]
+        ax.plot(s, np.maximum(dev, 1e-18), marker=".", ms=2, lw=0.8,
+                label=f"L{v.get('layer')} red{v.get('reduced')} ({p} {q}), group order {g.get('group_order')}"
+                      f" of {g.get('n_factorial')}")
+    ax.axhline(1e-12, color="k", ls="--", lw=0.8)
+    ax.set_yscale("log")
+    ax.set_xlabel("segment (slide / move) along the transposition's walk")
+    ax.set_ylabel("|L - L(point)| / L(point)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6)
+    ax.set_title("Equal-loss valley: loss along the segments realising each transposition", fontsize=9)
+    return fig
+
+
+def permuted_path_figure(record: dict) -> Figure | None:
+    """Loss along theta* -> permutation point -> valley -> sigma point -> sigma theta* (record['permuted_paths'])."""
+    paths = [p for p in record.get("permuted_paths") or [] if p.get("losses")]
+    if not paths:
+        return None
+    fig = new_figure(7, 3.6)
+    ax = fig.subplots()
+    for p in paths:
+        losses = np.asarray(p["losses"], dtype=float)
+        line = ax.plot(np.arange(len(losses)), losses, marker=".", ms=2, lw=0.8,
+                       label=f"layer {p.get('layer')}, sigma {p.get('sigma')}, max excess "
+                             f"{p.get('max_rel_excess', float('nan')):.2g}")[0]
+        a, b, _ = p.get("legs") or [0, 0, 0]
+        ax.axvspan(a, a + b, color=line.get_color(), alpha=0.08)
+        ax.axhline(p.get("point_loss"), color=line.get_color(), ls=":", lw=0.8)
+    if np.all(np.concatenate([np.asarray(p["losses"], float) for p in paths]) > 0):
+        ax.set_yscale("log")
+    ax.set_xlabel("sample (shaded: the valley at the permutation point's loss, dotted)")
+    ax.set_ylabel("loss")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    ax.set_title("Minimum to permuted minimum: theta* -> point -> valley -> sigma point -> sigma theta*",
+                 fontsize=9)
+    return fig
+
+
 def trial_figures(record: dict) -> dict:
     """{artifact file name: Figure} for every figure the record supports."""
     out = {}
     for name, fn in (("figures/spectra.png", spectrum_figure), ("figures/gamma_line.png", gamma_line_figure),
-                     ("figures/path.png", path_figure)):
+                     ("figures/path.png", path_figure), ("figures/valley.png", valley_figure),
+                     ("figures/permuted_path.png", permuted_path_figure)):
         fig = fn(record)
         if fig is not None:
             out[name] = fig

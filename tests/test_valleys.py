@@ -1,0 +1,161 @@
+"""Equal-loss valleys (issue 13): transpositions realised at permutation points generate S_{n_k}, every segment
+is flat to 1e-12, the minimum-to-permuted-minimum path peaks at the point, relaxed paths are checked."""
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from permsym_core import surgery, valleys
+from permsym_core.config import TrialConfig
+from permsym_core.landscape import Landscape
+from permsym_core.minimize import minimise
+from permsym_core.mlp import MLPSpec
+from permsym_core.paths import PERP_GRAD_RTOL, path_record, trace_half
+from permsym_core.permutation import duplicated_positions
+from permsym_core.study import run_trial
+from permsym_core.tasks import make_task
+
+
+@pytest.fixture(scope="module")
+def toy_trial():
+    return run_trial(TrialConfig(task="toy", widths=(4,), seed=0, gamma_scan=False))
+
+
+@pytest.fixture(scope="module")
+def deep_trial():
+    return run_trial(TrialConfig(task="teacher", widths=(3, 3), activation="g", seed=0,
+                                 task_options={"widths": [3, 3], "n_samples": 200}, gamma_scan=False,
+                                 path_relax=False))     # relaxed paths of this net took > 10 min on shared cores
+
+
+@pytest.fixture(scope="module")
+def toy_reduced():
+    """Critical points of toy students of widths 3..5 (the reduced nets of widths 4..6), trained directly."""
+    task = make_task("toy", seed=0)
+    out = {}
+    for n_red in (3, 4, 5):
+        spec = MLPSpec((task.n_in, n_red, task.n_out), "sigmoid", task.default_bias, task.output)
+        res = minimise(Landscape(spec, task.X, task.Y), spec.init(1), grad_tol=1e-10, max_iter=300,
+                       adam_steps=300, seed=1)
+        out[n_red] = (task, spec, res.theta)
+    return out
+
+
+def _point(toy_reduced, n_red, neurons):
+    task, spec, theta = toy_reduced[n_red]
+    full_spec, theta_p = surgery.duplicate(spec, theta, 1, neurons, 0.5)
+    return Landscape(full_spec, task.X, task.Y), theta_p, duplicated_positions(n_red, neurons)
+
+
+@pytest.mark.parametrize("n_red,neurons", [(3, [0]), (4, [2]), (5, [1]), (4, [0, 3])])
+def test_toy_valleys_generate_the_symmetric_group(toy_reduced, n_red, neurons):
+    land, theta_p, pairs = _point(toy_reduced, n_red, neurons)
+    items, group = valleys.build_valley(land, theta_p, 1, pairs)
+    n = n_red + len(neurons)
+    assert group["n_k"] == n and group["group_order"] == math.factorial(n) and group["generates_all"]
+    for it in items:
+        assert not it["trivial"] and it["flat"] and it["max_rel_dev"] <= 1e-12 and it["end_error"] == 0.0
+        assert len(it["losses"]) == it["n_segments"] * it["n_samples"] and it["n_samples"] >= 21
+        assert sorted(it["transposition"]) not in [sorted(p) for p in pairs]   # a pair's swap fixes the point
+    # the walks end at the swapped points: a random permutation reached at the same loss
+    sigma = list(np.random.default_rng(n).permutation(n))
+    segs, n_swaps = valleys.permutation_walk(land.spec, theta_p, 1, pairs[0], sigma)
+    assert torch.equal(segs[-1].end, surgery.permute(land.spec, theta_p, 1, sigma)) and n_swaps <= n - 1
+    loss_p = land.loss(theta_p)
+    losses = np.concatenate(valleys.segments_losses(land, segs))
+    assert valleys.rel_deviation(losses, loss_p, valleys.loss_floor(land)) <= 1e-12
+
+
+def test_moving_a_non_silent_neuron_fails_flatness(toy_reduced):
+    land, theta_p, pairs = _point(toy_reduced, 3, [0])
+    spec, (i, j) = land.spec, pairs[0]
+    floor = valleys.loss_floor(land)
+    loss_p = land.loss(theta_p)
+    bad = theta_p.clone()
+    W = spec.views(bad)[0][0]
+    W[j] = W[2]                                  # j still carries half the pair's outgoing weight
+    seg = valleys.Segment("move", (j, 2), theta_p, bad)
+    assert valleys.rel_deviation(valleys.sample_segment(land, seg), loss_p, floor) > 1e-6
+    # the same move after sliding j silent is flat
+    good = valleys.transposition_segments(spec, theta_p, 1, (i, j), 2, 3)
+    assert [s.kind for s in good[:2]] == ["slide", "move"]
+    assert valleys.rel_deviation(valleys.sample_segment(land, good[1]), loss_p, floor) <= 1e-12
+    # sliding outgoing weight between two neurons with different incoming vectors is not flat either
+    slide = theta_p.clone()
+    A = spec.views(slide)[1][0]
+    A[:, 2], A[:, 3] = 0.0, A[:, 2] + A[:, 3]
+    seg = valleys.Segment("slide", (2, 3), theta_p, slide)
+    assert valleys.rel_deviation(valleys.sample_segment(land, seg), loss_p, floor) > 1e-6
+
+
+def test_group_order_against_brute_force_closure():
+    rng = np.random.default_rng(0)
+    for n in range(1, 6):
+        edges = list(itertools.combinations(range(n), 2))
+        for _ in range(12):
+            k = int(rng.integers(0, len(edges) + 1)) if edges else 0
+            ts = [edges[e] for e in rng.choice(len(edges), size=k, replace=False)] if k else []
+            gens = [valleys.transposition_as_permutation(n, a, b) for a, b in ts]
+            assert valleys.group_order(n, ts) == valleys.closure_order(n, gens)
+    assert valleys.group_order(5, [(0, 1), (2, 3)]) == 4 and valleys.group_order(4, [(0, 1), (1, 2), (2, 3)]) == 24
+    # a spanning tree avoiding the duplicated pairs, whenever one exists
+    for n, pairs in ((4, [(1, 2)]), (6, [(0, 1), (4, 5)]), (5, [(3, 4)])):
+        ts = valleys.generating_transpositions(n, pairs)
+        assert len(ts) == n - 1 and not set(ts) & set(pairs) and valleys.group_order(n, ts) == math.factorial(n)
+    assert valleys.generating_transpositions(2, [(0, 1)]) == [(0, 1)]
+
+
+def _check_trial(rec):
+    layers = set(range(1, len(rec["architecture"]["widths"]) - 1))
+    groups = rec["valley_groups"]
+    assert {g["layer"] for g in groups} == layers                   # every layer has a valley
+    for g in groups:
+        assert g["group_order"] == g["n_factorial"] == math.factorial(g["n_k"]) and g["max_rel_dev"] <= 1e-12
+        mine = [v for v in rec["valleys"] if v["layer"] == g["layer"] and v["reduced"] == g["reduced"]]
+        assert all(v["flat"] and v["max_rel_dev"] <= 1e-12 and v["n_samples"] >= 21 for v in mine)
+        assert sorted(v["transposition"] for v in mine) == sorted(g["transpositions"])
+    assert {p["layer"] for p in rec["permuted_paths"]} == layers
+    for p in rec["permuted_paths"]:
+        losses = p["losses"]
+        assert len(losses) == sum(p["legs"]) and sorted(p["sigma"]) == list(range(len(p["sigma"])))
+        assert p["valley_end_error"] == 0.0 and p["valley_max_rel_dev"] <= 1e-12
+        assert p["end_loss"] == pytest.approx(p["start_loss"], rel=1e-9, abs=1e-20)  # sigma theta* is a minimum
+        if p["within_tol"]:
+            assert max(losses) <= p["point_loss"] + 1e-12 * max(p["point_loss"], 1e-300)
+
+
+def test_toy_trial_valleys_and_permuted_path(toy_trial):
+    _check_trial(toy_trial)
+    (p,) = toy_trial["permuted_paths"]
+    assert p["within_tol"] and p["point_first_order"]              # the path peaks at the saddle
+    for path in toy_trial["paths"]:
+        assert path["barrier_le_straight"]
+        assert path["string"] is not None and "neb" not in path
+        if path["point_first_order"]:
+            assert path["highest_at_point_ok"] == path["highest_at_point"]
+
+
+def test_two_hidden_layer_teacher_valleys(deep_trial):
+    assert deep_trial["minimum"]["converged"]
+    _check_trial(deep_trial)
+    for g in deep_trial["valley_groups"]:
+        assert g["n_k"] == 3
+
+
+def test_unrelaxed_path_fails_the_perpendicular_gradient_check(toy_trial):
+    from permsym_core.study import _Trial
+
+    trial = _Trial(TrialConfig(task="toy", widths=(4,), seed=0))
+    trial.train_minimum()
+    trial.reduce(1, 1)
+    (layer, pair), theta_p = sorted(trial.pair_points.items())[2]        # the pair (0, 3)
+    straight = path_record(trial.landscape, trace_half(trial.landscape, trial.theta_star, theta_p, 21, relax=False),
+                           layer, pair)
+    assert not straight["relaxed_converged"] and straight["max_perp_grad"] > straight["perp_grad_tol"]
+    assert straight["string"] is None
+    relaxed = next(p for p in toy_trial["paths"] if p["pair"] == list(pair))
+    assert relaxed["relaxed_converged"] and relaxed["max_perp_grad"] <= PERP_GRAD_RTOL * straight["max_perp_grad"]
+    assert relaxed["straight_max_perp_grad"] == pytest.approx(straight["max_perp_grad"], rel=1e-9)
+    assert relaxed["barrier"] < straight["barrier"]
