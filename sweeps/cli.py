@@ -1,4 +1,5 @@
-"""The `permsym` command line: bound, trial, sweep, ui, results, report, sync."""
+"""The `permsym` command line: bound, trial, point, sweep, sync, results, report; the cockpit commands
+(status, sweeps, sweep --dry-run) live in sweeps.cli_status and `ui` in sweeps.cli_ui."""
 from __future__ import annotations
 
 import sys
@@ -21,7 +22,27 @@ class OneLineErrors(click.Group):
         sys.exit(rv if isinstance(rv, int) else 0)
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    from tracking.runs import code_version
+
+    try:
+        v = version("permsym")
+    except PackageNotFoundError:
+        v = "unknown"
+    return f"{v} (code {code_version()})"
+
+
+def _print_version(ctx, param, value) -> None:
+    if value and not ctx.resilient_parsing:
+        click.echo(f"permsym {_version()}")
+        ctx.exit(0)
+
+
 @click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_print_version,
+              help="Print permsym's version (and the git commit it runs from) and exit.")
 def main() -> None:
     """Study the permutation points of trained MLPs (Brea, Simsek, Illing and Gerstner 2019)."""
 
@@ -252,69 +273,49 @@ class SpecUsageError(click.ClickException):
 @click.option("--max-concurrent", default=None, type=click.IntRange(min=1),
               help="At most this many trials at once (overrides the spec's max_concurrent).")
 @click.option("--quiet", is_flag=True, help="No progress lines, only the summary.")
-def sweep_cmd(spec_file, address, tracking_uri, results_dir, resume, max_concurrent, quiet) -> None:
-    """Run the sweep SPEC.yaml: one MLflow child run per trial, skipping trials already FINISHED."""
+@click.option("--dry-run", is_flag=True, help="Print the planned trials, how many are already done and an "
+              "estimated cost; start nothing, write nothing.")
+def sweep_cmd(spec_file, address, tracking_uri, results_dir, resume, max_concurrent, quiet, dry_run) -> None:
+    """Run the sweep SPEC.yaml: one MLflow child run per trial, skipping trials already FINISHED.
+    Ctrl-C stops it (exit status 130), with no run left RUNNING."""
     import sys
 
     from sweeps.spec import SpecError, load_spec
+    from tracking.runs import TrackingUnavailable
 
     try:
         spec = load_spec(spec_file)            # validated before anything starts
     except SpecError as e:
         raise SpecUsageError(str(e)) from None
+    if dry_run:
+        from sweeps.cli_status import dry_run as plan_text
+        from tracking.store import results_uri, split_credentials
+
+        uri, creds = split_credentials(tracking_uri or results_uri(results_dir))
+        import os
+
+        os.environ.update(creds)
+        try:
+            click.echo(plan_text(spec, uri, results_dir))
+        except TrackingUnavailable as e:
+            raise click.ClickException(str(e)) from None
+        return
     from sweeps.runner import format_summary, run_sweep
 
-    summary = run_sweep(spec, address=address, tracking_uri=tracking_uri, results_dir=results_dir, resume=resume,
-                        progress=not quiet, max_concurrent=max_concurrent)
+    try:
+        summary = run_sweep(spec, address=address, tracking_uri=tracking_uri, results_dir=results_dir,
+                            resume=resume, progress=not quiet, max_concurrent=max_concurrent)
+    except TrackingUnavailable as e:
+        raise click.ClickException(str(e)) from None
+    except KeyboardInterrupt:
+        click.echo("interrupted: runs left open were marked KILLED; relaunch to finish the missing trials",
+                   err=True)
+        sys.exit(130)
     if quiet:
         click.echo(format_summary(summary))
     if summary.get("interrupted"):
         sys.exit(130)
     sys.exit(1 if summary.get("errored") else 0)
-
-
-UI_DEFAULT_HOST = "127.0.0.1"
-
-
-def ui_server_command(results_dir, host: str = UI_DEFAULT_HOST, port: int = 5000) -> list[str]:
-    """The `mlflow server` command line that `permsym ui` runs (bound to 127.0.0.1 unless asked otherwise)."""
-    import sys
-
-    from tracking.store import artifact_root, results_uri
-
-    return [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", results_uri(results_dir),
-            "--default-artifact-root", artifact_root(results_dir).as_uri(), "--host", host, "--port", str(port)]
-
-
-@main.command("ui")
-@click.option("--results", "results_dir", default="./permsym-results", show_default=True,
-              type=click.Path(file_okay=False), help="The results folder of a sweep.")
-@click.option("--host", default=UI_DEFAULT_HOST, show_default=True,
-              help="Interface to bind (127.0.0.1: this machine only; widen it explicitly).")
-@click.option("--port", default=5000, show_default=True, type=click.IntRange(1, 65535))
-def ui_cmd(results_dir, host, port) -> None:
-    """Open the MLflow UI on a results folder (mlflow server, background job runner off)."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    from tracking.store import server_env
-
-    db = Path(results_dir).resolve() / "mlflow.db"
-    if not db.is_file():
-        raise SpecUsageError(f"--results: expected a folder with mlflow.db (run `permsym sweep` first), got {results_dir}")
-    cmd = ui_server_command(results_dir, host, port)
-    click.echo(f"MLflow UI on http://{host}:{port} (Ctrl-C to stop)")
-    proc = subprocess.Popen(cmd, env=server_env())
-    try:
-        sys.exit(proc.wait())
-    except KeyboardInterrupt:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        sys.exit(130)
 
 
 @main.command("sync")
@@ -427,6 +428,13 @@ def report_cmd(results, tracking_uri, sweep, out) -> None:
         raise click.ClickException(str(err)) from None
     click.echo(f"report: {md}")
 
+
+from sweeps.cli_status import status_cmd, sweeps_cmd  # noqa: E402  (commands defined apart, attached here)
+from sweeps.cli_ui import UI_DEFAULT_HOST, ui_cmd, ui_server_command  # noqa: E402,F401
+
+main.add_command(status_cmd)
+main.add_command(sweeps_cmd)
+main.add_command(ui_cmd)
 
 if __name__ == "__main__":
     main()
