@@ -25,6 +25,16 @@ def ui_server_command(results_dir, host: str = UI_DEFAULT_HOST, port: int = 5000
             "--default-artifact-root", artifact_root(results_dir).as_uri(), "--host", host, "--port", str(port)]
 
 
+def experiment_url(base: str, experiment_id: str | None = None) -> str:
+    """The UI's page for an experiment in the model-training view (runs table, nested children, metrics).
+
+    MLflow 3.17's UI has a global GenAI / Model-training switch (default GenAI, kept in the browser's local
+    storage) that wins over the experiment's `mlflow.experimentKind` tag; `?workflowType=machine_learning`
+    sets it."""
+    page = f"#/experiments/{experiment_id}" if experiment_id is not None else "#/experiments"
+    return f"{base.rstrip('/')}/{page}?workflowType=machine_learning"
+
+
 def end_group(proc: subprocess.Popen, grace_s: float = 20.0) -> None:
     """End the process group led by `proc` (the server and every process it started): SIGTERM, up to
     `grace_s` for the leader to exit, then SIGKILL to whatever of the group is left."""
@@ -63,7 +73,7 @@ def ui_cmd(results_dir, host, port) -> None:
         raise click.UsageError(f"--results: expected a folder with mlflow.db (run `permsym sweep` first), "
                                f"got {results_dir}")
     cmd = ui_server_command(results_dir, host, port)
-    click.echo(f"MLflow UI on http://{host}:{port} (Ctrl-C to stop)")
+    click.echo(f"MLflow UI on {experiment_url(f'http://{host}:{port}')} (Ctrl-C to stop)")
 
     def stop(signum, _frame):
         raise _Stop(signum)
