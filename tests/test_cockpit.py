@@ -5,6 +5,7 @@ tracking server that is down, and `permsym ui` stopped with SIGTERM."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -214,3 +215,46 @@ def test_ui_sigterm_ends_the_server_and_its_workers(tmp_path):
             proc.wait(timeout=30)
     assert rc == 128 + signal.SIGTERM
     _wait(lambda: not any(_alive(k) for k in kids), 30, f"the end of every child of permsym ui {sorted(kids)}")
+
+
+@pytest.mark.slow
+def test_credentialed_tracking_uri_never_leaks(tmp_path):
+    """A real sweep (its own Ray, temp dir under tmp_path) logging to a real `mlflow server` through a URI
+    with user:password@: the password is nowhere in the printed output, the runs (names, params, tags,
+    metrics, every artifact), the results folder (Ray Tune's experiment state) or Ray's session files
+    (where the runtime_env is recorded); the trials did log (the URI worked), and `status` redacts it too."""
+    from fixtures.mlflow_helpers import MlflowServer
+
+    from tracking.runs import scan_for_secrets
+
+    user, password = "permsym-user", "pw-8f3e1c77d2"
+    srv = MlflowServer(tmp_path / "srv").start()
+    try:
+        host = srv.uri.split("//", 1)[1]
+        uri = f"http://{user}:{password}@{host}"
+        spec = tmp_path / "cred.yaml"
+        spec.write_text(yaml.safe_dump({"name": "cred", "grid": {"widths": [[3]], "adam_steps": 200, **FAST}}))
+        ray_tmp = Path("/tmp") / f"rt-{os.getpid()}-{tmp_path.name[-12:]}"   # short: Ray's socket paths
+        env = _env(RAY_TMPDIR=str(ray_tmp))
+        p = _cli("sweep", str(spec), "--tracking-uri", uri, "--results", str(tmp_path / "res"), env=env, timeout=400)
+        assert p.returncode == 0, (p.stdout + p.stderr)[-3000:]
+        st = _cli("status", "cred", "--tracking-uri", uri, env=env)
+        assert st.returncode == 0 and "finished 1" in st.stdout, st.stdout + st.stderr
+        printed = p.stdout + p.stderr + st.stdout + st.stderr
+        assert password not in printed and f"{user}:" not in printed, printed[-2000:]
+        assert srv.uri in p.stdout                                     # the redacted URI is what is shown
+        from mlflow import MlflowClient
+
+        c = MlflowClient(srv.uri)
+        exps = [e.experiment_id for e in c.search_experiments()]
+        kids = [r for r in c.search_runs(exps) if r.data.tags.get("trial_key")]
+        assert [r.info.status for r in kids] == ["FINISHED"]
+        for e in exps:
+            assert scan_for_secrets(srv.uri, e, [password, f"{user}:"]) == []
+        files = [q for base in (tmp_path / "res", ray_tmp, srv.folder) for q in base.rglob("*") if q.is_file()]
+        assert any("tuner.pkl" in q.name or "experiment_state" in q.name for q in files)
+        leaked = [str(q) for q in files if password.encode() in q.read_bytes()]
+        assert not leaked, leaked
+    finally:
+        srv.stop()
+        shutil.rmtree(Path("/tmp") / f"rt-{os.getpid()}-{tmp_path.name[-12:]}", ignore_errors=True)
