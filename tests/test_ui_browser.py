@@ -106,29 +106,36 @@ def test_sweep_in_the_mlflow_ui(tmp_path):
         # 2. a child run: its metrics
         browser.get(f"{base}/#/experiments/{exp}/runs/{child.info.run_id}?workflowType=machine_learning")
         wait_text(child.info.run_name, "minimum_loss", "n_points")
+        browser.execute_script("arguments[0].scrollIntoView()",
+                               browser.find_element(By.XPATH, "//*[not(*) and normalize-space()='minimum_loss']"))
         shot("2_child_run_metrics.png")
 
         # 3. its artifacts: the per-point table and a figure
         browser.get(f"{base}/#/experiments/{exp}/runs/{child.info.run_id}/artifacts?workflowType=machine_learning")
         wait_text("points.json", "figures", "trial_record.json")
-        browser.find_element(By.XPATH, "//*[normalize-space()='points.json']").click()
+        browser.find_elements(By.XPATH, "//*[normalize-space()='points.json']")[-1].click()
         wait_text("index", "n_zero", "critical")
         shot("3_child_points_table.png")
-        browser.find_element(By.XPATH, "//*[normalize-space()='figures']").click()
-        WebDriverWait(browser, 30).until(EC.presence_of_element_located((By.XPATH, "//*[contains(normalize-space(), '.png')]")))
-        png = browser.find_elements(By.XPATH, "//*[substring(normalize-space(), string-length(normalize-space()) - 3) = '.png']")
-        png[0].click()
-        WebDriverWait(browser, 30).until(lambda d: any(
-            (i.get_attribute("naturalWidth") or "0") != "0" for i in d.find_elements(By.TAG_NAME, "img")))
+        browser.find_elements(By.XPATH, "//*[normalize-space()='figures']")[-1].click()
+        WebDriverWait(browser, 30).until(lambda d: d.find_elements(By.XPATH, "//*[normalize-space()='spectra.png']"))
+
+        def figure_shown(d):
+            if "figures/spectra.png" not in text():      # the tree may still be unfolding: click the item again
+                d.find_elements(By.XPATH, "//*[normalize-space()='spectra.png']")[-1].click()
+                return False
+            return any(int(i.get_attribute("naturalWidth") or 0) > 600
+                       for i in d.find_elements(By.CSS_SELECTOR, "img[src^='blob:']"))
+
+        WebDriverWait(browser, 40, poll_frequency=1, ignored_exceptions=(Exception,)).until(figure_shown)
         shot("4_child_figure.png")
 
         # 4. the parent run's report: report/report.html, figures embedded
         browser.get(f"{base}/#/experiments/{exp}/runs/{parent}/artifacts?workflowType=machine_learning")
         browser.refresh()                  # a hash-only change keeps the previous run's artifact list
         wait_text("report", "sweep_spec.json")
-        browser.find_element(By.XPATH, "//*[normalize-space()='report']").click()
+        browser.find_elements(By.XPATH, "//*[normalize-space()='report']")[-1].click()
         wait_text("report.html", "report.md")
-        browser.find_element(By.XPATH, "//*[normalize-space()='report.html']").click()
+        browser.find_elements(By.XPATH, "//*[normalize-space()='report.html']")[-1].click()
         frame = WebDriverWait(browser, 30).until(EC.presence_of_element_located((By.TAG_NAME, "iframe")))
         browser.switch_to.frame(frame)
         WebDriverWait(browser, 30).until(lambda d: "Empirical counts against the lower bound" in d.page_source)

@@ -401,7 +401,7 @@ def finish_trial_run(tracking_uri: str, run_id: str, record: Any, *, figures: bo
     conv = record_converged(record)
     now = int(time.time() * 1000)
     metrics = [Metric(k, v, now, 0) for k, v in record_metrics(record).items()]
-    tags = [RunTag("converged", "true" if conv else "false"),
+    tags = [RunTag("converged", "true" if conv else "false"), RunTag("phase", "done"),
             RunTag("schema_version", str(record.get("schema_version", "")))]
     reason = failure_reason(record)
     if reason:
@@ -433,7 +433,8 @@ def fail_trial_run(tracking_uri: str, run_id: str, reason: str) -> None:
 
     with _guard(tracking_uri):
         c = client(tracking_uri)
-        c.log_batch(run_id, tags=[RunTag("failure_reason", _one_line(reason)), RunTag("converged", "false")])
+        c.log_batch(run_id, tags=[RunTag("failure_reason", _one_line(reason)), RunTag("converged", "false"),
+                                  RunTag("phase", "failed")])
         c.set_terminated(run_id, "FAILED")
 
 
