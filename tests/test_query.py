@@ -267,4 +267,4 @@ def test_cli_report_writes_readable_figures(sqlite_store, tmp_path):
     embedded = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
     assert sorted(base64.b64decode(e) for e in embedded) == sorted(p.read_bytes() for p in pngs)
     assert "<table>" in page and page.count("<tr>") >= len(_expected_summary()) + 1
-    assert ".png\"" not in page and "](" not in page
+    assert not re.search(r'src="(?!data:)', page) and "](" not in page     # no linked file, no raw Markdown
