@@ -15,10 +15,18 @@ install: $(STAMP)
 demo: $(STAMP)
 	.venv/bin/permsym sweep sweeps/toy.yaml
 
-test: $(STAMP)
+# The browser test (tests/test_ui_browser.py) drives Debian's chromium through chromium-driver.
+browser-deps:
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+	  if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -q && apt-get install -y -q chromium chromium-driver; \
+	  else echo "chromium/chromedriver missing and no root apt-get: tests/test_ui_browser.py will be skipped"; fi; \
+	fi
+
+test: $(STAMP) browser-deps
 	$(PY) -m pytest -q tests
 
 bench: $(STAMP)
 	$(PY) -m benchmarks
 
-.PHONY: install demo test bench
+.PHONY: install demo test bench browser-deps

@@ -26,7 +26,11 @@ def child_main(conn, options: dict, threads: int) -> None:
         torch.set_num_threads(max(1, threads))
         from permsym_core.study import run_trial
 
-        msg = ("ok", run_trial(options))
+        def on_phase(phase, k, n):                        # relayed to the worker, which tags the run
+            with contextlib.suppress(Exception):
+                conn.send(("phase", phase, k, n))
+
+        msg = ("ok", run_trial(options, on_phase=on_phase))
     except BaseException as e:  # noqa: BLE001 - everything goes back to the parent as a recorded failure
         msg = ("error", f"{type(e).__name__}: {e}", traceback.format_exc())
     try:

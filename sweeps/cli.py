@@ -1,9 +1,12 @@
-"""The `permsym` command line: bound, trial, sweep, ui, results, report, sync."""
+"""The `permsym` command line: bound, trial, point, sweep, sync, results, report; the cockpit commands
+(status, sweeps, sweep --dry-run) live in sweeps.cli_status and `ui` in sweeps.cli_ui."""
 from __future__ import annotations
 
 import sys
 
 import click
+
+from sweeps.cli_point import _parse_task_options, point_cmd
 
 
 class OneLineErrors(click.Group):
@@ -21,7 +24,27 @@ class OneLineErrors(click.Group):
         sys.exit(rv if isinstance(rv, int) else 0)
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    from tracking.runs import code_version
+
+    try:
+        v = version("permsym")
+    except PackageNotFoundError:
+        v = "unknown"
+    return f"{v} (code {code_version()})"
+
+
+def _print_version(ctx, param, value) -> None:
+    if value and not ctx.resilient_parsing:
+        click.echo(f"permsym {_version()}")
+        ctx.exit(0)
+
+
 @click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_print_version,
+              help="Print permsym's version (and the git commit it runs from) and exit.")
 def main() -> None:
     """Study the permutation points of trained MLPs (Brea, Simsek, Illing and Gerstner 2019)."""
 
@@ -71,18 +94,6 @@ def bound_cmd(widths: tuple[int, ...], order: int, as_json: bool) -> None:
 
 
 # --- permsym trial -------------------------------------------------------------------------------
-
-def _parse_task_options(ctx, param, values) -> dict:
-    import yaml
-
-    out = {}
-    for item in values:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise click.BadParameter(f"expected KEY=VALUE, got {item!r}")
-        out[key] = yaml.safe_load(raw)
-    return out
-
 
 @main.command("trial")
 @click.option("--task", default="toy", show_default=True, help="toy, teacher or mnist.")
@@ -138,99 +149,6 @@ def trial_cmd(task, widths, activation, seed, orders, pairs, bias, task_options,
         click.echo(f"trial did not converge: {record['failure']}", err=True)
 
 
-def _load_point(path: str, task, activation: str | None):
-    """A saved point (the `params` layout of `permsym trial --save-params --json`, or a point/minimum object
-    holding it under "params") checked against the task: (MLPSpec, theta). Errors: one line naming the file
-    and the field."""
-    import json
-    import math
-
-    from permsym_core.mlp import params_from_json
-
-    def bad(msg: str):
-        return click.UsageError(f"{path}: {msg}")
-
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except (OSError, UnicodeDecodeError) as e:
-        raise bad(f"cannot read the file ({getattr(e, 'strerror', None) or type(e).__name__})") from None
-    try:
-        obj = json.loads(text, parse_constant=lambda c: math.nan)
-    except json.JSONDecodeError as e:
-        raise bad(f"expected a JSON object, not valid JSON ({e.msg} at line {e.lineno} column {e.colno})"
-                  ) from None
-    if isinstance(obj, dict) and "layers" not in obj and isinstance(obj.get("params"), dict):
-        obj = obj["params"]
-    if isinstance(obj, dict):
-        for field in ("activation", "output"):
-            if field in obj and not isinstance(obj[field], str):
-                raise bad(f"{field}: expected a string, got {obj[field]!r}"[:300])
-    try:
-        spec, theta = params_from_json(obj, activation=activation)
-    except ValueError as e:
-        raise bad(" ".join(str(e).split())[:300]) from None
-    if spec.widths[0] != task.n_in:
-        raise bad(f"layers[0].W: expected {task.n_in} columns (the input width of task {task.name!r}), "
-                  f"got {spec.widths[0]}")
-    if spec.widths[-1] != task.n_out:
-        raise bad(f"layers[{spec.depth - 1}].W: expected {task.n_out} rows (the output width of task "
-                  f"{task.name!r}), got {spec.widths[-1]}")
-    if spec.output != task.output:
-        raise bad(f"output: expected {task.output!r} (task {task.name!r}), got {spec.output!r}")
-    return spec, theta
-
-
-@main.command("point")
-@click.argument("params_file", metavar="PARAMS.json", type=click.Path(dir_okay=False))
-@click.option("--task", default="toy", show_default=True, help="toy, teacher or mnist.")
-@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0),
-              help="The task's seed (teacher, mnist subsampling).")
-@click.option("--task-option", "task_options", multiple=True, callback=_parse_task_options,
-              metavar="KEY=VALUE", help="A task option, e.g. n_samples=500 (repeatable).")
-@click.option("--activation", default=None, help="Override the file's activation.")
-@click.option("--grad-tol", default=1e-10, show_default=True, type=click.FloatRange(min=0, min_open=True),
-              help="A point is critical when |grad|_inf <= this.")
-@click.option("--json", "as_json", is_flag=True, help="Print the numbers as JSON.")
-def point_cmd(params_file, task, seed, task_options, activation, grad_tol, as_json) -> None:
-    """Re-check a saved point: loss, |grad|_inf, saddle index, flat directions, tau and gap."""
-    import json
-
-    from permsym_core.landscape import Landscape
-    from permsym_core.spectra import analyse_landscape
-    from permsym_core.tasks import make_task
-
-    if activation is not None:
-        from permsym_core.activations import get_activation
-
-        try:
-            get_activation(activation)
-        except ValueError as err:
-            raise click.BadParameter(str(err), param_hint="'--activation'") from None
-    try:
-        t = make_task(task, seed=seed, activation=activation, **task_options)
-    except ValueError as err:
-        raise click.UsageError(str(err)) from None
-    spec, theta = _load_point(params_file, t, activation)
-    land = Landscape(spec, t.X, t.Y)
-    loss, grad = land.loss_grad(theta)
-    grad_inf = float(grad.abs().max())
-    rep = analyse_landscape(land, theta, grad_inf)
-    out = {"file": params_file, "task": task, "widths": list(spec.widths), "activation": spec.activation,
-           "n_params": spec.n_params, "loss": float(loss), "grad_inf": grad_inf, "grad_tol": grad_tol,
-           "critical": grad_inf <= grad_tol, "index": rep.index, "n_zero": rep.n_zero, "n_pos": rep.n_pos,
-           "tau": rep.tau, "gap": rep.gap_ratio, "ambiguous": rep.ambiguous, "method": rep.method,
-           "lowest_eigenvalues": rep.lowest_eigenvalues}
-    if as_json:
-        click.echo(json.dumps(out))
-        return
-    click.echo(f"{params_file}: widths {','.join(map(str, spec.widths))} {spec.activation}, P = {spec.n_params}, "
-               f"task {task}")
-    click.echo(f"loss {out['loss']:.10g}  |grad|_inf {grad_inf:.3g} "
-               f"({'critical' if out['critical'] else 'NOT critical'} at grad_tol {grad_tol:g})")
-    click.echo(f"index {rep.index}  n_zero {rep.n_zero}  n_pos {rep.n_pos}  tau {rep.tau:.3g}  "
-               f"gap {rep.gap_ratio:.3g}{'  (ambiguous)' if rep.ambiguous else ''}  [{rep.method}]")
-
 # --- permsym sweep / ui / sync -------------------------------------------------------------------
 
 class SpecUsageError(click.ClickException):
@@ -252,69 +170,49 @@ class SpecUsageError(click.ClickException):
 @click.option("--max-concurrent", default=None, type=click.IntRange(min=1),
               help="At most this many trials at once (overrides the spec's max_concurrent).")
 @click.option("--quiet", is_flag=True, help="No progress lines, only the summary.")
-def sweep_cmd(spec_file, address, tracking_uri, results_dir, resume, max_concurrent, quiet) -> None:
-    """Run the sweep SPEC.yaml: one MLflow child run per trial, skipping trials already FINISHED."""
+@click.option("--dry-run", is_flag=True, help="Print the planned trials, how many are already done and an "
+              "estimated cost; start nothing, write nothing.")
+def sweep_cmd(spec_file, address, tracking_uri, results_dir, resume, max_concurrent, quiet, dry_run) -> None:
+    """Run the sweep SPEC.yaml: one MLflow child run per trial, skipping trials already FINISHED.
+    Ctrl-C stops it (exit status 130), with no run left RUNNING."""
     import sys
 
     from sweeps.spec import SpecError, load_spec
+    from tracking.runs import TrackingUnavailable
 
     try:
         spec = load_spec(spec_file)            # validated before anything starts
     except SpecError as e:
         raise SpecUsageError(str(e)) from None
+    if dry_run:
+        from sweeps.cli_status import dry_run as plan_text
+        from tracking.store import results_uri, split_credentials
+
+        uri, creds = split_credentials(tracking_uri or results_uri(results_dir))
+        import os
+
+        os.environ.update(creds)
+        try:
+            click.echo(plan_text(spec, uri, results_dir))
+        except TrackingUnavailable as e:
+            raise click.ClickException(str(e)) from None
+        return
     from sweeps.runner import format_summary, run_sweep
 
-    summary = run_sweep(spec, address=address, tracking_uri=tracking_uri, results_dir=results_dir, resume=resume,
-                        progress=not quiet, max_concurrent=max_concurrent)
+    try:
+        summary = run_sweep(spec, address=address, tracking_uri=tracking_uri, results_dir=results_dir,
+                            resume=resume, progress=not quiet, max_concurrent=max_concurrent)
+    except TrackingUnavailable as e:
+        raise click.ClickException(str(e)) from None
+    except KeyboardInterrupt:
+        click.echo("interrupted: runs left open were marked KILLED; relaunch to finish the missing trials",
+                   err=True)
+        sys.exit(130)
     if quiet:
         click.echo(format_summary(summary))
     if summary.get("interrupted"):
         sys.exit(130)
     sys.exit(1 if summary.get("errored") else 0)
-
-
-UI_DEFAULT_HOST = "127.0.0.1"
-
-
-def ui_server_command(results_dir, host: str = UI_DEFAULT_HOST, port: int = 5000) -> list[str]:
-    """The `mlflow server` command line that `permsym ui` runs (bound to 127.0.0.1 unless asked otherwise)."""
-    import sys
-
-    from tracking.store import artifact_root, results_uri
-
-    return [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", results_uri(results_dir),
-            "--default-artifact-root", artifact_root(results_dir).as_uri(), "--host", host, "--port", str(port)]
-
-
-@main.command("ui")
-@click.option("--results", "results_dir", default="./permsym-results", show_default=True,
-              type=click.Path(file_okay=False), help="The results folder of a sweep.")
-@click.option("--host", default=UI_DEFAULT_HOST, show_default=True,
-              help="Interface to bind (127.0.0.1: this machine only; widen it explicitly).")
-@click.option("--port", default=5000, show_default=True, type=click.IntRange(1, 65535))
-def ui_cmd(results_dir, host, port) -> None:
-    """Open the MLflow UI on a results folder (mlflow server, background job runner off)."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    from tracking.store import server_env
-
-    db = Path(results_dir).resolve() / "mlflow.db"
-    if not db.is_file():
-        raise SpecUsageError(f"--results: expected a folder with mlflow.db (run `permsym sweep` first), got {results_dir}")
-    cmd = ui_server_command(results_dir, host, port)
-    click.echo(f"MLflow UI on http://{host}:{port} (Ctrl-C to stop)")
-    proc = subprocess.Popen(cmd, env=server_env())
-    try:
-        sys.exit(proc.wait())
-    except KeyboardInterrupt:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        sys.exit(130)
 
 
 @main.command("sync")
@@ -427,6 +325,14 @@ def report_cmd(results, tracking_uri, sweep, out) -> None:
         raise click.ClickException(str(err)) from None
     click.echo(f"report: {md}")
 
+
+from sweeps.cli_status import status_cmd, sweeps_cmd  # noqa: E402  (commands defined apart, attached here)
+from sweeps.cli_ui import UI_DEFAULT_HOST, ui_cmd, ui_server_command  # noqa: E402,F401
+
+main.add_command(point_cmd)
+main.add_command(status_cmd)
+main.add_command(sweeps_cmd)
+main.add_command(ui_cmd)
 
 if __name__ == "__main__":
     main()

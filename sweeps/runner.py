@@ -111,10 +111,12 @@ def _without_main_module():
         mps.get_preparation_data = orig
 
 
-def run_isolated(options: dict, threads: int = 1, time_limit_s: float | None = None, on_start=None) -> tuple:
+def run_isolated(options: dict, threads: int = 1, time_limit_s: float | None = None, on_start=None,
+                 on_phase=None) -> tuple:
     """Run `run_trial(options)` in a child process. Returns ("ok", record), ("error", reason, traceback) or
     ("time_limit", reason). Raises TrialCrashed if the child died without an answer. `on_start(pid)` is
-    called with the child's process id once it is started."""
+    called with the child's process id once it is started, `on_phase(phase, k, n)` as the trial reports its
+    phases (run_trial's on_phase, relayed through the pipe)."""
     ctx = _mp_context()
     r, w = ctx.Pipe(duplex=False)
     proc = ctx.Process(target=child_main, args=(w, options, threads), daemon=True, name="permsym-trial")
@@ -133,15 +135,23 @@ def run_isolated(options: dict, threads: int = 1, time_limit_s: float | None = N
                 r.recv()
             except EOFError:
                 started = False
-        if started:
-            timeout = time_limit_s
-            if r.poll(timeout):
-                try:
-                    msg = r.recv()
-                except EOFError:
-                    msg = None
-            else:
+        deadline = None if time_limit_s is None else time.monotonic() + time_limit_s
+        while started:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not r.poll(left):
                 msg = ("time_limit", f"time_limit: trial exceeded trial_time_limit_s={time_limit_s:g}")
+                break
+            try:
+                got = r.recv()
+            except EOFError:
+                break
+            if got[0] == "phase":
+                if on_phase is not None:
+                    with contextlib.suppress(Exception):
+                        on_phase(*got[1:])
+                continue
+            msg = got
+            break
     finally:
         if msg is not None and msg[0] != "time_limit":
             proc.join(timeout=10)
@@ -181,6 +191,33 @@ def _tag_run(uri: str, run_id: str | None, tags: dict) -> None:
 
         with runs._guard(uri):
             runs.client(uri).log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items() if v != ""])
+
+
+PHASE_EVERY_S = 5.0      # a RUNNING run's `phase` tag is rewritten at most this often (and on a new phase name)
+
+
+def phase_text(phase: str, k: int, n: int) -> str:
+    """run_trial's (phase, k, n) as the `phase` tag shows it: "minimum", "reduced L1K1 3/6", "logging"."""
+    if phase == "done":
+        return "logging"
+    if phase == "minimum":
+        return "minimum"
+    return f"{phase} {int(k) + 1}/{int(n)}"
+
+
+def _phase_tagger(uri: str, run_id: str | None):
+    """on_phase for run_isolated: the `phase` tag of the trial's run, throttled (one store write per
+    PHASE_EVERY_S, or when the phase's name changes)."""
+    last = {"name": None, "t": 0.0}
+
+    def on_phase(phase: str, k: int, n: int) -> None:
+        now = time.monotonic()
+        if phase == last["name"] and now - last["t"] < PHASE_EVERY_S:
+            return
+        last.update(name=phase, t=now)
+        _tag_run(uri, run_id, {"phase": phase_text(phase, k, n)})
+
+    return on_phase
 
 
 def _trial_of(config: dict, ctx: dict) -> tuple[str, dict]:
@@ -281,7 +318,8 @@ def sweep_trainable(config: dict, ctx: dict) -> None:
 
     try:
         outcome = run_isolated(options, threads, ctx.get("time_limit_s"),
-                               on_start=lambda pid: _tag_run(uri, run_id, {"trial_pid": pid}))
+                               on_start=lambda pid: _tag_run(uri, run_id, {"trial_pid": pid}),
+                               on_phase=_phase_tagger(uri, run_id))
     except TrialCrashed as e:
         fail(f"crashed: {e} (attempt {attempt})")
         raise                                        # Tune retries it (FailureConfig.max_failures)
@@ -315,8 +353,13 @@ class Progress(tune.Callback):
     """Progress lines on the driver: trials done, failed, running, time per trial. Defined at module level so
     that Tune pickles it by reference (its stream stays in _STREAMS, never pickled)."""
 
-    def __init__(self, total: int, enabled: bool, stream_id: int = 0):
+    POLL_S = 5.0         # how often the driver reads the running trials' `phase` tags from the store
+    REPEAT_S = 30.0      # a trial still in the same phase is shown again after this long
+
+    def __init__(self, total: int, enabled: bool, stream_id: int = 0, watch: tuple | None = None):
         self.total, self.enabled, self.stream_id = total, enabled, stream_id
+        self.watch = watch                   # (tracking_uri, experiment_id, sweep): where phases are read
+        self._polled, self._shown = 0.0, {}
         self.t0 = time.time()
         self.running, self.done, self.failed, self.errored, self.skipped = 0, 0, 0, 0, 0
         self.results: dict[str, dict] = {}
@@ -329,6 +372,30 @@ class Progress(tune.Callback):
             out = _STREAMS.get(self.stream_id) or sys.stdout
             print(f"[{el:7.1f}s] {self.done + self.failed + self.skipped}/{self.total} done "
                   f"({self.failed} failed, {self.running} running{mean}) {msg}", file=out, flush=True)
+
+    def on_step_end(self, iteration, trials, **info):
+        """Every POLL_S: one line per running trial whose phase changed (or every REPEAT_S)."""
+        now = time.monotonic()
+        if not (self.enabled and self.watch) or now - self._polled < self.POLL_S:
+            return
+        self._polled = now
+        from tracking import runs
+
+        uri, exp, sweep = self.watch
+        try:
+            with runs._guard(uri):
+                found = runs.search_all(uri, [exp], runs._trial_filter(sweep, "attributes.status = 'RUNNING'"))
+        except Exception:
+            return
+        for r in found:
+            phase = r.data.tags.get("phase")
+            if not phase:
+                continue
+            name = phase.rsplit(" ", 1)[0] if phase[-1].isdigit() else phase
+            seen = self._shown.get(r.info.run_id)
+            if seen is None or seen[0] != name or now - seen[1] >= self.REPEAT_S:
+                self._shown[r.info.run_id] = (name, now)
+                self._line(f"{(r.data.tags.get('trial_key') or '')[:8]} {r.info.run_name}: {phase}")
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self.running += 1
@@ -367,11 +434,11 @@ class Progress(tune.Callback):
         self._line(f"{_trial_label(trial)} crashed, retrying")
 
 
-def _make_progress(total: int, enabled: bool, stream=None) -> Progress:
+def _make_progress(total: int, enabled: bool, stream=None, watch: tuple | None = None) -> Progress:
     stream_id = id(stream) if stream is not None else 0
     if stream is not None:
         _STREAMS[stream_id] = stream
-    return Progress(total, enabled, stream_id)
+    return Progress(total, enabled, stream_id, watch)
 
 
 def _trial_label(trial) -> str:
@@ -475,7 +542,7 @@ def run_sweep(spec, *, address: str | None = None, tracking_uri: str | None = No
               max_concurrent: int | None = None, stream=None) -> dict:
     """Run (or continue) a sweep; return its summary (see `format_summary`)."""
     from tracking import runs
-    from tracking.store import prepare_store, results_uri
+    from tracking.store import prepare_store, redact_uri, results_uri, split_credentials
 
     spec = load_spec(spec)
     out = stream or sys.stdout
@@ -484,10 +551,21 @@ def run_sweep(spec, *, address: str | None = None, tracking_uri: str | None = No
     results.mkdir(parents=True, exist_ok=True)
     address = address or os.environ.get("RAY_ADDRESS") or None
     tracking_uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or results_uri(results)
+    # user:password@ in the URI: MLflow reads them from the environment instead, so the URI that is printed,
+    # handed to Ray and logged never carries them (local workers inherit this process's environment).
+    tracking_uri, creds = split_credentials(tracking_uri)
+    os.environ.update(creds)
+    if creds and "MLFLOW_TRACKING_URI" in os.environ:
+        os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
 
-    exp_id = prepare_store(tracking_uri, spec.experiment_name)
-    parent = runs.get_or_create_parent(tracking_uri, exp_id, spec.name, spec.to_dict())
     planned = plan(spec)
+    with runs._guard(tracking_uri):                  # a dead server: TrackingUnavailable, one line in the CLI
+        exp_id = prepare_store(tracking_uri, spec.experiment_name)
+    n_planned = len(planned) if spec.search.kind == "grid" else (
+        spec.search.n_trials or math.prod(len(v) for v in optuna_space(spec).values()))
+    parent = runs.get_or_create_parent(tracking_uri, exp_id, spec.name, spec.to_dict(), running=True,
+                                       tags={"planned": n_planned, "driver_host": socket.gethostname(),
+                                             "driver_pid": os.getpid()})
     done_before = runs.finished_keys(tracking_uri, exp_id, spec.name)
     # Runs a dead driver or worker left RUNNING: nothing is running them now.
     runs.close_orphans(tracking_uri, exp_id, spec.name)
@@ -519,8 +597,9 @@ def run_sweep(spec, *, address: str | None = None, tracking_uri: str | None = No
 
     if progress:
         print(f"sweep {spec.name}: {summary['planned']} trials planned, {summary['already_finished']} already "
-              f"finished, {n_to_run} to run; store {tracking_uri}", file=out, flush=True)
+              f"finished, {n_to_run} to run; store {redact_uri(tracking_uri)}", file=out, flush=True)
     if n_to_run == 0:
+        runs.end_parent(tracking_uri, parent, "FINISHED")
         summary["wall_s"] = time.time() - t_start
         if progress:
             print(format_summary(summary), file=out, flush=True)
@@ -561,6 +640,8 @@ def run_sweep(spec, *, address: str | None = None, tracking_uri: str | None = No
 
             with contextlib.suppress(Exception):
                 ray.shutdown()
+            with contextlib.suppress(Exception):          # what a worker opened while Ray was going down
+                runs.close_orphans(tracking_uri, exp_id, spec.name)
         summary["wall_s"] = time.time() - t_start
         if spec.search.kind == "grid":
             with contextlib.suppress(Exception):
@@ -570,6 +651,9 @@ def run_sweep(spec, *, address: str | None = None, tracking_uri: str | None = No
                                                          and summary["failed"] < len(left))
         else:
             summary["interrupted"] = interrupted
+        with contextlib.suppress(Exception):
+            runs.end_parent(tracking_uri, parent, "KILLED" if summary["interrupted"] else
+                            "FAILED" if summary["failed"] or summary["errored"] else "FINISHED")
         if progress:
             print(format_summary(summary), file=out, flush=True)
     return summary
@@ -583,7 +667,7 @@ def _fit(spec, ctx, pending: list[PlannedTrial], n_to_run: int, results: Path, r
                                     {"cpu": spec.resources.cpus, "gpu": spec.resources.gpus})
     storage_path = str(results / "ray")
     exp_dir = Path(storage_path) / spec.name
-    cb = _make_progress(n_to_run, progress, out)
+    cb = _make_progress(n_to_run, progress, out, (ctx["tracking_uri"], ctx["experiment_id"], ctx["sweep"]))
     run_config = tune.RunConfig(
         name=spec.name, storage_path=storage_path, verbose=0, callbacks=[cb],
         failure_config=tune.FailureConfig(max_failures=spec.max_failures),

@@ -46,6 +46,8 @@ METRICS = ("frac_first_order", "frac_saddle", "n_points", "n_critical", "n_saddl
            "min_loss", "min_grad_inf", "converged", "trial_time_s", "log10_critical", "log10_first_order")
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+#: The experiment name becomes a folder of the artifact root: no '..', no '/' or '\\'.
+EXPERIMENT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_. -]{0,199}$")
 
 
 class SpecError(ValueError):
@@ -170,6 +172,11 @@ class SweepSpec(_Model):
                 raise PydanticCustomError("permsym", "name: expected letters, digits, '-', '_' or '.' "
                                           "(at most 100, starting with a letter or digit), got {got}",
                                           {"got": repr(name)})
+            exp = data.get("experiment")
+            if exp is not None and (not isinstance(exp, str) or not EXPERIMENT_RE.match(exp) or ".." in exp):
+                raise PydanticCustomError("permsym", "experiment: expected an MLflow experiment name of letters, "
+                                          "digits, spaces, '-', '_' or '.' (at most 200, no '..' or path "
+                                          "separator), got {got}", {"got": repr(exp)[:200]})
             grid = data.get("grid", ...)
             if grid is None or grid == {}:
                 raise PydanticCustomError("permsym", "grid: expected a non-empty mapping of trial options "

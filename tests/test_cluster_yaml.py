@@ -62,3 +62,18 @@ def test_token_auth_is_never_disabled():
     for path in [CLUSTER, *ROOT.glob("sweeps/*.py"), *ROOT.glob("sweeps/*.yaml")]:
         text = path.read_text()
         assert "RAY_AUTH_MODE=disabled" not in text.replace(" ", ""), path
+
+
+def test_mlflow_server_needs_a_login_kept_outside_the_file(cfg):
+    """Basic auth on the head's server, its login read from a file mounted from outside the repository, and
+    reaching every `ray start` (so Ray's workers and jobs log with it) as environment, never in a URI."""
+    text = CLUSTER.read_text()
+    head = "\n".join(cfg["head_start_ray_commands"])
+    assert "--app-name basic-auth" in head and "MLFLOW_AUTH_CONFIG_PATH=" in head
+    assert cfg["file_mounts"]["~/.permsym/mlflow.env"] == "~/.permsym/mlflow.env"
+    setup = "\n".join(cfg["head_setup_commands"])
+    assert "mlflow[auth]==3.17.2" in setup and "default_permission = NO_PERMISSIONS" in setup
+    for cmds in (cfg["head_start_ray_commands"][1:], cfg["worker_start_ray_commands"][1:]):
+        assert ". ~/.permsym/mlflow.env" in "\n".join(cmds)
+    assert "password1234" not in text and "@$HEAD_IP" not in text and "@$RAY_HEAD_IP" not in text
+    assert "--dashboard-host=127.0.0.1" in head

@@ -258,6 +258,16 @@ def test_cli_report_writes_readable_figures(sqlite_store, tmp_path):
     parent = runs.find_parent(uri, exp, SWEEP)
     logged = {a.path for a in c.list_artifacts(parent, "report")}
     assert "report/report.md" in logged and "report/counts_vs_width.png" in logged
+    assert "report/report.html" in logged
+    page = (out / "report.html").read_text()
+    # self-contained: every figure of the Markdown is embedded (byte for byte), nothing is linked
+    import base64
+    import re
+
+    embedded = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+    assert sorted(base64.b64decode(e) for e in embedded) == sorted(p.read_bytes() for p in pngs)
+    assert "<table>" in page and page.count("<tr>") >= len(_expected_summary()) + 1
+    assert not re.search(r'src="(?!data:)', page) and "](" not in page     # no linked file, no raw Markdown
 
 
 def test_summarise_counts_channels_and_certified_minima_over_all_trials():

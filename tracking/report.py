@@ -1,4 +1,5 @@
-"""The Markdown report of a sweep: the summary table and PNG figures, also logged to the sweep's parent run.
+"""The Markdown report of a sweep: the summary table and PNG figures, also logged to the sweep's parent run,
+with the same report as one self-contained HTML page (tracking.report_html).
 
 Figures (in the report folder):
 - counts_vs_width.png: empirical counts (all saddles, first-order saddles) and the lower bound against
@@ -239,9 +240,16 @@ def _verdict(row) -> str:
     return f"{'exceeds' if r > 0 else 'falls short of'} the bound by a factor {10 ** abs(r):.3g}"
 
 
+def _redact(uri: str) -> str:
+    from .store import redact_uri
+
+    return redact_uri(uri)
+
+
 def write_report(out_dir, sweep: str | None = None, tracking_uri: str | None = None, results_dir=None,
                  experiment: str | None = None, log_to_parent: bool = True, max_gamma: int = 3) -> Path:
-    """Write `<out_dir>/report.md` and its figures; log them to the sweep's parent run. Returns the .md path."""
+    """Write `<out_dir>/report.md`, its figures and `report.html` (one self-contained page, figures embedded);
+    log them to the sweep's parent run (under `report/`). Returns the .md path."""
     uri = _query.resolve_tracking_uri(tracking_uri, results_dir)
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -276,7 +284,7 @@ def write_report(out_dir, sweep: str | None = None, tracking_uri: str | None = N
 
     n_all, n_conv = len(all_runs), len(rdf)
     lines = [f"# permsym report{': sweep ' + sweep if sweep else ''}", "",
-             f"Store: `{uri}`. Trials: {n_all} finished, {n_conv} converged"
+             f"Store: `{_redact(uri)}`. Trials: {n_all} finished, {n_conv} converged"
              f"{f', {n_all - n_conv} not converged (excluded from every count)' if n_all > n_conv else ''}.",
              ""]
     if not all_runs.empty and n_all > n_conv:
@@ -318,6 +326,9 @@ def write_report(out_dir, sweep: str | None = None, tracking_uri: str | None = N
         lines += [f"### gamma-line of run `{rid}`", "", f"![{name}]({name})", ""]
     md = out / "report.md"
     md.write_text("\n".join(lines))
+    from .report_html import write_html
+
+    write_html(md)
     if log_to_parent and not all_runs.empty:
         sweeps = sorted(set(all_runs["sweep"].dropna())) if sweep is None else [sweep]
         if len(sweeps) == 1:
@@ -326,6 +337,6 @@ def write_report(out_dir, sweep: str | None = None, tracking_uri: str | None = N
                 if parent:
                     with _runs._guard(uri):
                         c = _runs.client(uri)
-                        for name in ["report.md", *figures, *(g[0] for g in gamma_files)]:
+                        for name in ["report.html", "report.md", *figures, *(g[0] for g in gamma_files)]:
                             c.log_artifact(parent, str(out / name), "report")
     return md

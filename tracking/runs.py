@@ -4,9 +4,11 @@ Every function takes the tracking URI explicitly and uses `MlflowClient(tracking
 global active run, so one worker process can log trials of different sweeps and stores.
 
 Run layout
-- parent: tags `sweep`, `permsym.role=parent`; artifact `sweep_spec.json`; reused by a relaunch.
+- parent: tags `sweep`, `permsym.role=parent`, `planned`, `driver_host`, `driver_pid`; artifact
+  `sweep_spec.json`; RUNNING while its sweep's driver runs, then FINISHED, FAILED or KILLED; reused by a relaunch.
 - child: tags `mlflow.parentRunId`, `trial_key`, `sweep`, `code_version`, `attempt`, `permsym.role=trial`,
-  `converged`, `failure_reason` (when it failed or did not converge); params: the trial config flattened
+  `converged`, `failure_reason` (when it failed or did not converge), `phase` (while RUNNING: what the trial is
+  doing, e.g. `reduced L1K1 3/6`), `worker_pid`, `trial_pid`, `hostname`, `node_id`; params: the trial config flattened
   (lists joined with ","); metrics: see `record_metrics`; artifacts: `trial_record.json`, `points.json`
   (an MLflow table: `mlflow.load_table("points.json", run_ids=...)` stacks all runs), `figures/*.png`.
 """
@@ -307,9 +309,14 @@ def find_parent(tracking_uri: str, experiment_id: str, sweep_name: str) -> str |
     return found[0].info.run_id if found else None
 
 
-def get_or_create_parent(tracking_uri: str, experiment_id: str, sweep_name: str, spec_dict: dict) -> str:
-    """The sweep's parent run (created FINISHED; a relaunch reuses it and refreshes `sweep_spec.json`)."""
-    from mlflow.entities import RunStatus
+def get_or_create_parent(tracking_uri: str, experiment_id: str, sweep_name: str, spec_dict: dict, *,
+                         running: bool = False, tags: dict | None = None) -> str:
+    """The sweep's parent run; a relaunch reuses it and refreshes `sweep_spec.json`.
+
+    running=False (logging outside a sweep): created FINISHED. running=True (a sweep's driver): the run is
+    left (or set back to) RUNNING until `end_parent`, so the UI shows the sweep as running while it runs.
+    `tags` (e.g. driver_host, driver_pid, planned) are set on the run either way."""
+    from mlflow.entities import RunStatus, RunTag
 
     with _guard(tracking_uri):
         run_id = find_parent(tracking_uri, experiment_id, sweep_name)
@@ -319,9 +326,20 @@ def get_or_create_parent(tracking_uri: str, experiment_id: str, sweep_name: str,
                                tags={"sweep": sweep_name, ROLE_TAG: PARENT_ROLE, "code_version": code_version(),
                                      "mlflow.note.content": f"permsym sweep `{sweep_name}`: one child run per trial."})
             run_id = run.info.run_id
-            c.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
+            if not running:
+                c.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
+        elif running:
+            c.update_run(run_id, status="RUNNING")
+        if tags:
+            c.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
         c.log_dict(run_id, _jsonable(spec_dict), SPEC_ARTIFACT)
     return run_id
+
+
+def end_parent(tracking_uri: str, run_id: str, status: str) -> None:
+    """End the sweep's parent run: FINISHED, FAILED (trials failed or errored) or KILLED (interrupted)."""
+    with _guard(tracking_uri):
+        client(tracking_uri).set_terminated(run_id, status)
 
 
 def _jsonable(obj):
@@ -386,7 +404,7 @@ def finish_trial_run(tracking_uri: str, run_id: str, record: Any, *, figures: bo
     conv = record_converged(record)
     now = int(time.time() * 1000)
     metrics = [Metric(k, v, now, 0) for k, v in record_metrics(record).items()]
-    tags = [RunTag("converged", "true" if conv else "false"),
+    tags = [RunTag("converged", "true" if conv else "false"), RunTag("phase", "done"),
             RunTag("schema_version", str(record.get("schema_version", "")))]
     reason = failure_reason(record)
     if reason:
@@ -418,7 +436,8 @@ def fail_trial_run(tracking_uri: str, run_id: str, reason: str) -> None:
 
     with _guard(tracking_uri):
         c = client(tracking_uri)
-        c.log_batch(run_id, tags=[RunTag("failure_reason", _one_line(reason)), RunTag("converged", "false")])
+        c.log_batch(run_id, tags=[RunTag("failure_reason", _one_line(reason)), RunTag("converged", "false"),
+                                  RunTag("phase", "failed")])
         c.set_terminated(run_id, "FAILED")
 
 

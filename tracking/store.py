@@ -104,6 +104,11 @@ def create_sqlite_store(db: Path, wal: bool = True) -> bool:
             leftover.unlink(missing_ok=True)
 
 
+#: MLflow 3's UI opens an experiment without this tag in its GenAI view (traces, evaluation runs); with
+#: it, in the model-training view (runs table with nested children, metrics as columns).
+EXPERIMENT_KIND_TAG = ("mlflow.experimentKind", "custom_model_development")
+
+
 def prepare_store(tracking_uri: str, experiment_name: str, artifact_root: str | os.PathLike | None = None,
                   wal: bool = True) -> str:
     """Create the store (tables, migrations) and the experiment if needed; return the experiment id.
@@ -135,7 +140,8 @@ def prepare_store(tracking_uri: str, experiment_name: str, artifact_root: str | 
     exp = client.get_experiment_by_name(experiment_name)
     if exp is None:
         try:
-            return client.create_experiment(experiment_name, artifact_location=location)
+            return client.create_experiment(experiment_name, artifact_location=location,
+                                            tags={EXPERIMENT_KIND_TAG[0]: EXPERIMENT_KIND_TAG[1]})
         except MlflowException as e:              # another driver created it in between
             if "RESOURCE_ALREADY_EXISTS" not in str(e.error_code) and "already exists" not in str(e):
                 raise
@@ -144,6 +150,8 @@ def prepare_store(tracking_uri: str, experiment_name: str, artifact_root: str | 
                 raise
     if exp.lifecycle_stage == "deleted":
         client.restore_experiment(exp.experiment_id)
+    if EXPERIMENT_KIND_TAG[0] not in (exp.tags or {}):        # an experiment made before the tag existed
+        client.set_experiment_tag(exp.experiment_id, *EXPERIMENT_KIND_TAG)
     return exp.experiment_id
 
 
@@ -165,4 +173,30 @@ def experiment_id_for(tracking_uri: str, experiment: str | None) -> list[str]:
 
 def server_base_url(tracking_uri: str) -> str:
     u = urlparse(tracking_uri)
-    return f"{u.scheme}://{u.netloc}"
+    return f"{u.scheme}://{u.hostname or ''}" + (f":{u.port}" if u.port else "")
+
+
+def redact_uri(uri: str) -> str:
+    """The URI with any user:password@ replaced by ***@ (for printing, reports, Ray's runtime_env)."""
+    u = urlparse(str(uri))
+    if not u.netloc or "@" not in u.netloc:
+        return str(uri)
+    return u._replace(netloc="***@" + u.netloc.rsplit("@", 1)[1]).geturl()
+
+
+def split_credentials(uri: str) -> tuple[str, dict]:
+    """(URI without user:password@, {"MLFLOW_TRACKING_USERNAME": .., "MLFLOW_TRACKING_PASSWORD": ..}).
+
+    MLflow reads basic-auth credentials from those variables; a URI never needs to carry them, so permsym
+    strips them off before the URI is printed, logged or handed to Ray."""
+    from urllib.parse import unquote
+
+    u = urlparse(str(uri))
+    if not u.netloc or "@" not in u.netloc:
+        return str(uri), {}
+    creds, host = u.netloc.rsplit("@", 1)
+    user, _, password = creds.partition(":")
+    env = {"MLFLOW_TRACKING_USERNAME": unquote(user)}
+    if password:
+        env["MLFLOW_TRACKING_PASSWORD"] = unquote(password)
+    return u._replace(netloc=host).geturl(), env
