@@ -24,7 +24,7 @@ browser-deps:
 	fi
 
 test: $(STAMP) browser-deps
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n 2 --dist loadfile tests
 
 bench: $(STAMP)
 	$(PY) -m benchmarks

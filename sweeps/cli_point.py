@@ -17,10 +17,9 @@ def _parse_task_options(ctx, param, values) -> dict:
     return out
 
 
-def _load_point(path: str, task, activation: str | None):
+def _load_point(path: str, activation: str | None):
     """A saved point (the `params` layout of `permsym trial --save-params --json`, or a point/minimum object
-    holding it under "params") checked against the task: (MLPSpec, theta). Errors: one line naming the file
-    and the field."""
+    holding it under "params"): (MLPSpec, theta). Errors: one line naming the file and the field."""
     import json
     import math
 
@@ -49,6 +48,14 @@ def _load_point(path: str, task, activation: str | None):
         spec, theta = params_from_json(obj, activation=activation)
     except ValueError as e:
         raise bad(" ".join(str(e).split())[:300]) from None
+    return spec, theta
+
+
+def _check_point(path: str, spec, task) -> None:
+    """The point's input, output width and output kind against the task's (one line naming the field)."""
+    def bad(msg: str):
+        return click.UsageError(f"{path}: {msg}")
+
     if spec.widths[0] != task.n_in:
         raise bad(f"layers[0].W: expected {task.n_in} columns (the input width of task {task.name!r}), "
                   f"got {spec.widths[0]}")
@@ -57,7 +64,6 @@ def _load_point(path: str, task, activation: str | None):
                   f"{task.name!r}), got {spec.widths[-1]}")
     if spec.output != task.output:
         raise bad(f"output: expected {task.output!r} (task {task.name!r}), got {spec.output!r}")
-    return spec, theta
 
 
 @click.command("point")
@@ -86,11 +92,12 @@ def point_cmd(params_file, task, seed, task_options, activation, grad_tol, as_js
             get_activation(activation)
         except ValueError as err:
             raise click.BadParameter(str(err), param_hint="'--activation'") from None
-    try:
-        t = make_task(task, seed=seed, activation=activation, **task_options)
+    spec, theta = _load_point(params_file, activation)
+    try:   # the teacher task's default teacher has the student's depth: rebuild the trial's teacher
+        t = make_task(task, seed=seed, activation=activation, student_widths=tuple(spec.hidden), **task_options)
     except ValueError as err:
         raise click.UsageError(str(err)) from None
-    spec, theta = _load_point(params_file, t, activation)
+    _check_point(params_file, spec, t)
     land = Landscape(spec, t.X, t.Y)
     loss, grad = land.loss_grad(theta)
     grad_inf = float(grad.abs().max())
