@@ -44,8 +44,9 @@ ZERO_CURV = 1e-12           # eigenvalues below this x |lambda|_max count as zer
 DIVERGE_ABS = 1e10
 DIVERGE_REL = 1e6
 CHANNEL_EVERY = 25          # snapshot (and channel check) period of the second-order phase, in iterations
-CHANNEL_MIN_ITER = 300      # no channel call before this many second-order iterations (a finite minimum is
-#                             reached by then: Newton converges in tens of iterations near one)
+CHANNEL_MIN_ITER = 1000     # no channel call before this many second-order iterations, at the ending too: at
+#                             300 a (2, 2, 2) sigmoid student of its own teacher (a zero-loss finite minimum,
+#                             reached after ~330 more) was called a channel (loss -40 % and |theta_D| +2 % per 25)
 CHANNEL_WINDOW = 250        # the window of snapshots a channel is measured on
 STOP_REASONS = ("converged", "max_iter", "time_limit", "diverged", "stalled", "unbounded", "channel")
 METHODS = ("auto", "trust-region", "trust-exact", "lbfgs")
@@ -379,7 +380,8 @@ def minimise(landscape, theta0, *, grad_tol: float = 1e-10, max_iter: int = 2000
         reason = "converged"
     elif reason == "converged":
         reason = "stalled"
-    if not converged and reason in ("max_iter", "time_limit", "stalled", "unbounded") and run.history:
+    if (not converged and reason in ("max_iter", "time_limit", "stalled", "unbounded") and run.history
+            and (reason == "unbounded" or run.history[-1][0] >= CHANNEL_MIN_ITER)):
         if run.channel(run.history[-1][0]) is not None:     # the unconverged ending, measured: a channel?
             reason = "channel"
     info = {"n_params": P, "lr": lr, "adam_steps": adam_steps, "warmup": warmup, "seed": seed,

@@ -186,12 +186,9 @@ def sweep_cmd(spec_file, address, tracking_uri, results_dir, resume, max_concurr
         raise SpecUsageError(str(e)) from None
     if dry_run:
         from sweeps.cli_status import dry_run as plan_text
-        from tracking.store import results_uri, split_credentials
+        from tracking.store import clean_uri, results_uri
 
-        uri, creds = split_credentials(tracking_uri or results_uri(results_dir))
-        import os
-
-        os.environ.update(creds)
+        uri = clean_uri(tracking_uri or results_uri(results_dir))
         try:
             click.echo(plan_text(spec, uri, results_dir))
         except TrackingUnavailable as e:
@@ -224,9 +221,9 @@ def sync_cmd(results_dir, tracking_uri) -> None:
     """Log the trial records spooled while the tracking server was unreachable."""
     from tracking import spool
     from tracking.runs import TrackingUnavailable
-    from tracking.store import results_uri
+    from tracking.store import clean_uri, results_uri
 
-    uri = tracking_uri or results_uri(results_dir)
+    uri = clean_uri(tracking_uri or results_uri(results_dir))
     try:
         n = spool.sync(results_dir, uri)
     except TrackingUnavailable as e:
@@ -240,8 +237,9 @@ def sync_cmd(results_dir, tracking_uri) -> None:
 def _tracking_uri_for(results: str | None, tracking_uri: str | None) -> str:
     """--tracking-uri, else $MLFLOW_TRACKING_URI (when --results is not given), else the results folder's SQLite."""
     from tracking.query import resolve_tracking_uri
+    from tracking.store import clean_uri
 
-    return resolve_tracking_uri(tracking_uri, results)
+    return clean_uri(resolve_tracking_uri(tracking_uri, results))
 
 
 def _results_options(f):
@@ -280,8 +278,11 @@ def results_cmd(results, tracking_uri, sweep, by, fmt) -> None:
     by_cols = tuple(c.strip() for c in by.split(",") if c.strip())
     if not by_cols:
         raise click.BadParameter("expected at least one column name", param_hint="'--by'")
+    from tracking.runs import server_guard
+
     try:
-        summ = query.summary(sweep, tracking_uri=uri, by=by_cols)
+        with server_guard(uri):
+            summ = query.summary(sweep, tracking_uri=uri, by=by_cols)
     except ValueError as err:
         raise click.BadParameter(str(err), param_hint="'--by'") from None
     except TrackingUnavailable as err:
@@ -319,8 +320,11 @@ def report_cmd(results, tracking_uri, sweep, out) -> None:
     if out is None:
         base = Path(results).resolve() if results else default_results_dir()
         out = base / ("report" + (f"-{sweep}" if sweep else ""))
+    from tracking.runs import server_guard
+
     try:
-        md = write_report(out, sweep=sweep, tracking_uri=uri)
+        with server_guard(uri):
+            md = write_report(out, sweep=sweep, tracking_uri=uri)
     except TrackingUnavailable as err:
         raise click.ClickException(str(err)) from None
     click.echo(f"report: {md}")

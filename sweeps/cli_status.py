@@ -29,11 +29,9 @@ def _store_options(f):
 
 def _uri(results, tracking_uri) -> str:
     from tracking.query import resolve_tracking_uri
-    from tracking.store import split_credentials
+    from tracking.store import clean_uri
 
-    uri, creds = split_credentials(resolve_tracking_uri(tracking_uri, results))
-    os.environ.update(creds)
-    return uri
+    return clean_uri(resolve_tracking_uri(tracking_uri, results))
 
 
 def _results_dir(results, uri: str):

@@ -663,6 +663,10 @@ def _fit(spec, ctx, pending: list[PlannedTrial], n_to_run: int, results: Path, r
          max_concurrent: int | None, progress: bool, out, storage):
     from ray import tune
 
+    # Ctrl-C must reach us as KeyboardInterrupt (exit 130, runs KILLED): Tune's own SIGINT handler ends fit()
+    # quietly with the trials half done, indistinguishable from a sweep that lost trials. Tune still
+    # checkpoints its experiment state periodically, so --resume keeps working.
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
     trainable = tune.with_resources(tune.with_parameters(sweep_trainable, ctx=ctx),
                                     {"cpu": spec.resources.cpus, "gpu": spec.resources.gpus})
     storage_path = str(results / "ray")

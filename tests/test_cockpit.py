@@ -65,6 +65,24 @@ def test_tracking_server_down_is_one_line(tmp_path):
     assert not (tmp_path / "res" / "ray").exists()
 
 
+def test_credentials_of_a_down_server_are_never_printed(tmp_path):
+    """Every command handed a user:password@ URI of a server that is down fails in one line without the
+    password (MLflow's own error text embeds the URI it was given)."""
+    uri = f"http://alice:s3cret-pw@127.0.0.1:{free_port()}"
+    spec = tmp_path / "s.yaml"
+    spec.write_text(yaml.safe_dump({"name": "down", "grid": {"widths": [[3]], **FAST}}))
+    (tmp_path / "res").mkdir()
+    env = _env(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0")
+    for args in (["sweep", str(spec), "--tracking-uri", uri, "--results", str(tmp_path / "res")],
+                 ["status", "--tracking-uri", uri], ["sweeps", "--tracking-uri", uri],
+                 ["results", "--tracking-uri", uri], ["report", "--tracking-uri", uri, "--out", str(tmp_path / "r")],
+                 ["sync", "--results", str(tmp_path / "res"), "--tracking-uri", uri]):
+        p = _cli(*args, env=env)
+        assert "s3cret-pw" not in p.stdout + p.stderr, (args, p.stdout, p.stderr)
+        assert "Traceback" not in p.stdout + p.stderr, (args, p.stderr)
+        assert p.returncode != 0 or args[0] == "sync", (args, p.stdout, p.stderr)   # empty spool: nothing to log
+
+
 def _wait(pred, timeout, what, proc=None, log=None):
     t0 = time.time()
     while time.time() - t0 < timeout:

@@ -26,7 +26,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable
 
-from .store import is_http
+from .store import is_http, redact_uri
 
 PARENT_ROLE = "parent"
 TRIAL_ROLE = "trial"
@@ -66,6 +66,20 @@ def _is_unavailable(exc: BaseException) -> bool:
     return False
 
 
+def redact_uri_text(text: str, tracking_uri: str) -> str:
+    """text with the URI (and its user:password@) replaced by the redacted URI."""
+    from .store import split_credentials
+
+    clean, creds = split_credentials(tracking_uri)
+    text = text.replace(str(tracking_uri), redact_uri(tracking_uri))
+    return text.replace(creds.get("MLFLOW_TRACKING_PASSWORD", "\0"), "***") if creds else text
+
+
+def server_guard(tracking_uri: str):
+    """Public form of _guard: a dead server raises TrackingUnavailable (one line in the CLI)."""
+    return _guard(tracking_uri)
+
+
 @contextlib.contextmanager
 def _guard(tracking_uri: str):
     """Fast failure against a dead server, and TrackingUnavailable for connection errors."""
@@ -82,8 +96,8 @@ def _guard(tracking_uri: str):
         raise
     except Exception as e:
         if _is_unavailable(e):
-            raise TrackingUnavailable(f"tracking server {tracking_uri} unreachable: {str(e).splitlines()[0][:300]}"
-                                      ) from e
+            detail = redact_uri_text(str(e).splitlines()[0][:300], tracking_uri)
+            raise TrackingUnavailable(f"tracking server {redact_uri(tracking_uri)} unreachable: {detail}") from e
         raise
     finally:
         for k, v in saved.items():

@@ -184,6 +184,16 @@ def redact_uri(uri: str) -> str:
     return u._replace(netloc="***@" + u.netloc.rsplit("@", 1)[1]).geturl()
 
 
+def clean_uri(uri: str) -> str:
+    """The URI without user:password@, the credentials moved into MLFLOW_TRACKING_USERNAME / _PASSWORD of this
+    process (where MLflow reads them): what every command does before it prints, logs or hands on a URI."""
+    import os
+
+    uri, creds = split_credentials(uri)
+    os.environ.update(creds)
+    return uri
+
+
 def split_credentials(uri: str) -> tuple[str, dict]:
     """(URI without user:password@, {"MLFLOW_TRACKING_USERNAME": .., "MLFLOW_TRACKING_PASSWORD": ..}).
 
