@@ -95,6 +95,13 @@ class Canonical:
     theta: Tensor
     loss: float
     steps: list[dict] = field(default_factory=list)
+    undetermined_by: list[str] = field(default_factory=list)   # candidates whose smaller net did not converge
+    #                                                           but reached the same loss or lower
+
+    @property
+    def undetermined(self) -> bool:
+        """Not shown reducible, yet not shown irreducible either: never multiplied against the bound."""
+        return not self.reducible and bool(self.undetermined_by)
 
     @property
     def widths(self) -> list[int]:
@@ -102,6 +109,7 @@ class Canonical:
 
     def summary(self) -> dict:
         return {"reducible": self.reducible, "reduced_by": list(self.reduced_by),
+                "reducibility_undetermined": self.undetermined, "undetermined_by": list(self.undetermined_by),
                 "canonical_widths": self.widths, "canonical_loss": self.loss}
 
 
@@ -177,6 +185,7 @@ def canonicalise(landscape: Landscape, theta: Tensor, loss: float, minimise: Min
     spec, th, cur_loss, land = landscape.spec, orient(landscape.spec, landscape.as_theta(theta)), float(loss), landscape
     reasons: list[str] = []
     steps: list[dict] = []
+    undetermined: list[str] = []
     for _ in range(MAX_REDUCTIONS):
         reduced = False
         for layer in range(1, spec.depth):
@@ -189,6 +198,9 @@ def canonicalise(landscape: Landscape, theta: Tensor, loss: float, minimise: Min
                 ok = bool(res.converged) and same_loss(res.loss, cur_loss, scale)
                 steps.append({"candidate": label, "distance": dist, "loss_before": cur_loss, "loss_after": res.loss,
                               "converged": bool(res.converged), "same_loss": ok})
+                if not res.converged and (same_loss(res.loss, cur_loss, scale) or res.loss < cur_loss):
+                    undetermined.append(f"{label} (widths {list(small_spec.hidden)}: not converged at loss "
+                                        f"{res.loss:.6g} <= {cur_loss:.6g})")
                 if ok:
                     reasons.append(label if label.split()[0] in ("coincident", "silent") else label + " same loss")
                     spec, th, cur_loss, land = small_spec, orient(small_spec, res.theta), float(res.loss), small
@@ -198,7 +210,8 @@ def canonicalise(landscape: Landscape, theta: Tensor, loss: float, minimise: Min
                 break
         if not reduced:
             break
-    return Canonical(reducible=bool(reasons), reduced_by=reasons, spec=spec, theta=th, loss=cur_loss, steps=steps)
+    return Canonical(reducible=bool(reasons), reduced_by=reasons, spec=spec, theta=th, loss=cur_loss, steps=steps,
+                     undetermined_by=[] if reasons else undetermined)
 
 
 def same_point(a: Canonical, b: Canonical, scale: float) -> bool:

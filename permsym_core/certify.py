@@ -28,7 +28,7 @@ EPS = float(np.finfo(np.float64).eps)
 ZERO_CUTS = (1e-12, 1e-9, 1e-6)   # Newton pseudo-inverse: eigenvalues below a cut x max|lambda| are left out
 POLISH_MAX_STEPS = 8
 ESCAPE_RTOL = 0.1         # measured symmetric drop within 10 % of 0.5 lambda eps^2, at eps and eps/2
-ESCAPE_MAX_DIRECTIONS = 32
+ESCAPE_MAX_DIRECTIONS = None   # every negative direction (a cap leaves the saddle uncertified)
 ESCAPE_MIN_REL_DROP = 1e-9   # the predicted drop must be at least this x |L| (far above the loss's round-off)
 
 
@@ -138,13 +138,15 @@ def _direction(landscape, theta: Tensor, loss0: float, lam: float, v: Tensor, sc
 
 
 def escape(landscape, theta: Tensor, eigenvalues: Tensor, eigenvectors: Tensor, tau: float,
-           max_directions: int = ESCAPE_MAX_DIRECTIONS) -> Escape:
+           max_directions: int | None = ESCAPE_MAX_DIRECTIONS) -> Escape:
     """Check the predicted loss drop along each negative eigenvector (lambda < -tau); see the module doc."""
     th = landscape.as_theta(theta)
     lam = eigenvalues.detach()
     neg = torch.nonzero(lam < -tau).flatten().tolist()
     loss0 = landscape.loss(th)
     scale = max(1.0, float(th.abs().max()))
-    dirs = [_direction(landscape, th, loss0, float(lam[i]), eigenvectors[:, i], scale) for i in neg[:max_directions]]
-    return Escape(certified=bool(neg) and all(d["ok"] for d in dirs), n_negative=len(neg), n_checked=len(dirs),
+    chosen = neg if max_directions is None else neg[:max_directions]
+    dirs = [_direction(landscape, th, loss0, float(lam[i]), eigenvectors[:, i], scale) for i in chosen]
+    return Escape(certified=bool(neg) and len(dirs) == len(neg) and all(d["ok"] for d in dirs),
+                  n_negative=len(neg), n_checked=len(dirs),
                   directions=dirs)

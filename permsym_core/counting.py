@@ -12,6 +12,8 @@ test passed (the loss drops as 0.5 lambda eps^2 along every checked negative dir
 Fields per row: layer, order, log10_bound, n_pair_sets (merged networks trained), n_not_converged (of them,
 n_channel: ended along a channel to infinity, permsym_core.channels),
 n_reduced (distinct converged reduced points, reducible or not), n_reduced_irreducible, n_reducible,
+n_undetermined (neither shown: a smaller network's re-minimisation ended unconverged at the same loss or lower;
+never multiplied, its points counted in n_points_reducible),
 reduced_index_hist (index -> count, irreducible reduced points), n_found (permutation points of irreducible
 reduced points), n_critical (of those, |grad|_inf <= grad_tol measured at the point), n_saddle (certified
 saddles), n_first_order (certified, index 1), n_uncertified (index >= 1 whose escape failed), point_index_hist,
@@ -45,7 +47,8 @@ def count_rows(hidden: tuple[int, ...], orders, reduced: list[dict], points: lis
                 continue
             red = [r for r in reduced if r["layer"] == layer and r["order"] == order]
             conv = [r for r in red if r["converged"]]
-            irr_ids = {r["id"] for r in conv if not r.get("reducible")}
+            undet = [r for r in conv if not r.get("reducible") and r.get("reducibility_undetermined")]
+            irr_ids = {r["id"] for r in conv if not r.get("reducible") and not r.get("reducibility_undetermined")}
             irr = [r for r in conv if r["id"] in irr_ids]
             pts = [p for p in points if p["layer"] == layer and p["order"] == order]
             pts_irr = [p for p in pts if p["reduced_id"] in irr_ids]
@@ -59,7 +62,8 @@ def count_rows(hidden: tuple[int, ...], orders, reduced: list[dict], points: lis
                 "n_pair_sets": n_pair_sets[key],
                 "n_not_converged": len(red) - len(conv),
                 "n_channel": sum(r.get("stop_reason") == "channel" for r in red),
-                "n_reduced": len(conv), "n_reduced_irreducible": len(irr), "n_reducible": len(conv) - len(irr),
+                "n_reduced": len(conv), "n_reduced_irreducible": len(irr), "n_reducible": len(conv) - len(irr) - len(undet),
+                "n_undetermined": len(undet),
                 "reduced_index_hist": _hist(r["index"] for r in irr),
                 "n_found": len(pts_irr), "n_critical": n_crit, "n_saddle": n_sad, "n_first_order": n_first,
                 "n_uncertified": sum(bool(p["critical"] and p["index"] >= 1 and not p["saddle"]) for p in pts_irr),

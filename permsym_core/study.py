@@ -149,7 +149,8 @@ class _Trial:
             item = {"id": len(self.reduced), "layer": layer, "order": order, "loss": loss, "grad_inf": grad_inf,
                     "converged": res.converged, "stop_reason": res.stop_reason,
                     "from_pairs": [[list(p) for p in pair_set]], "index": None, "n_zero": None,
-                    "reducible": None, "reduced_by": None, "canonical_widths": None, "same_canonical_as": [],
+                    "reducible": None, "reduced_by": None, "reducibility_undetermined": None, "undetermined_by": None,
+                    "canonical_widths": None, "same_canonical_as": [],
                     "channel": res.info.get("channel")}
             if pol is not None:
                 item["polish"] = pol.info()
@@ -245,6 +246,7 @@ class _Trial:
         point = {
             "layer": layer, "order": order, "reduced_id": rid, "neurons": list(neurons), "gamma": 0.5,
             "reducible": bool(item["reducible"]),
+            "reducibility_undetermined": bool(item.get("reducibility_undetermined")),
             "loss": loss_p, "loss_rel_diff": abs(loss_p - item["loss"]) / max(abs(item["loss"]), 1e-300),
             "grad_inf": grad_inf, "reduced_grad_inf": item["grad_inf"],
             "critical": bool(item["converged"] and grad_inf <= self.cfg.grad_tol),

@@ -195,6 +195,25 @@ def test_a_point_on_the_gamma_line_is_reducible_to_its_reduced_point():
     c4 = canonicalise(land4, th4, land4.loss(th4), _reminimise)
     assert c4.reducible and c4.widths == [3] and c4.reduced_by[0].startswith("coincident L1")
     assert same_loss(c4.loss, res.loss, zero_loss_scale(land3))
+    # the same reducible point, but the smaller net's re-minimisation does not certify its end (it reaches the
+    # same loss, its certificate withheld): neither reducible nor irreducible
+    import dataclasses
+
+    def cut_off(land, start):
+        return dataclasses.replace(_reminimise(land, start), converged=False)
+
+    c4u = canonicalise(land4, th4, land4.loss(th4), cut_off)
+    assert not c4u.reducible and c4u.undetermined and c4u.undetermined_by[0].startswith("coincident L1")
+    assert c4u.summary()["reducibility_undetermined"] is True
+    # an undetermined reduced point is never multiplied against the bound, nor are its points
+    from permsym_core.counting import count_rows
+    red = [{"id": 0, "layer": 1, "order": 1, "converged": True, "index": 0, **c4u.summary()},
+           {"id": 1, "layer": 1, "order": 1, "converged": True, "index": 0, **c3.summary()}]
+    pts = [{"layer": 1, "order": 1, "reduced_id": rid, "critical": True, "saddle": True, "index": 1}
+           for rid in (0, 0, 1)]
+    (row,) = count_rows((4,), (1,), red, pts, {(1, 1): 6})
+    assert (row["n_reduced_irreducible"], row["n_undetermined"], row["n_reducible"]) == (1, 1, 0)
+    assert (row["n_found"], row["n_saddle"], row["n_points_reducible"]) == (1, 1, 2)
 
 
 @pytest.fixture(scope="module")

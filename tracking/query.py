@@ -187,10 +187,11 @@ def _points_for(uri: str, rdf: pd.DataFrame) -> pd.DataFrame:
         if c in pdf.columns:
             pdf[c] = pd.to_numeric(pdf[c]).astype("Int64")
     for c in ("critical", "ambiguous", "claim_zero_holds", "claim_guaranteed_holds", "reducible", "saddle",
-              "embedding_ok", "escape_certified"):
+              "embedding_ok", "escape_certified", "reducibility_undetermined"):
         if c in pdf.columns:
             pdf[c] = pdf[c].astype("boolean")
-    for c in ("reducible", "index_predicted", "saddle", "escape_certified"):   # records before schema 2
+    for c in ("reducible", "index_predicted", "saddle", "escape_certified",   # records before schema 2
+              "reducibility_undetermined"):
         if c not in pdf.columns:
             pdf[c] = pd.Series(pd.NA, index=pdf.index, dtype="boolean" if c != "index_predicted" else "Int64")
     if "neurons" in pdf.columns:
@@ -266,7 +267,9 @@ frac_claim_guaranteed: with n_neg + n_zero >= n_{k+1}; fa_agreement: fraction of
 Fukumizu-Amari prediction where it equals the Hessian index (n_fa points had one); index_agreement: fraction
 where the split-block prediction (every layer) equals the Hessian index; n_points: critical points of
 irreducible reduced points behind these fractions; frac_ambiguous: zero/non-zero calls flagged ambiguous.
-n_reduced_irreducible / n_reducible / n_uncertified: mean per seed. point_index_dist: index -> number of
+n_reduced_irreducible / n_reducible / n_undetermined (neither shown reducible nor irreducible: a smaller
+network's re-minimisation ended unconverged at the same loss or lower; never multiplied) / n_uncertified:
+mean per seed. point_index_dist: index -> number of
 critical permutation points of irreducible reduced points, pooled over seeds; reduced_index_dist: the same for
 the irreducible reduced points themselves. Records before schema 2 have these fields empty.
 n_trials / frac_certified / frac_channel: over ALL the group's finished trials (converged or not), the number,
@@ -302,8 +305,8 @@ def summarise(rdf: pd.DataFrame, pdf: pd.DataFrame, by: Sequence[str] = ("task",
                  "log10_saddle", "log10_first_order", "log10_ratio_critical", "log10_ratio_saddle",
                  "log10_ratio_first_order", "n_found", "n_critical", "n_saddle", "n_first_order",
                  "frac_first_order", "frac_claim_zero", "frac_claim_guaranteed", "fa_agreement", "n_fa",
-                 "n_points", "frac_ambiguous", "n_reduced_irreducible", "n_reducible", "n_uncertified",
-                 "index_agreement", "point_index_dist", "reduced_index_dist", "n_trials", "frac_certified",
+                 "n_points", "frac_ambiguous", "n_reduced_irreducible", "n_reducible", "n_undetermined",
+                 "n_uncertified", "index_agreement", "point_index_dist", "reduced_index_dist", "n_trials", "frac_certified",
                  "frac_channel"]
     if rdf.empty or "converged" not in rdf.columns:
         return pd.DataFrame(columns=cols)
@@ -336,7 +339,7 @@ def summarise(rdf: pd.DataFrame, pdf: pd.DataFrame, by: Sequence[str] = ("task",
             for kind in ("found", "critical", "saddle", "first_order"):
                 col = pre + "n_" + kind
                 row["n_" + kind] = float(sub[col].fillna(0).mean()) if col in sub else float("nan")
-            for kind in ("reduced_irreducible", "reducible", "uncertified"):
+            for kind in ("reduced_irreducible", "reducible", "undetermined", "uncertified"):
                 col = pre + "n_" + kind
                 row["n_" + kind] = float(sub[col].mean()) if col in sub and sub[col].notna().any() else float("nan")
             n_sad = sub[pre + "n_saddle"].fillna(0).sum() if pre + "n_saddle" in sub else 0
@@ -346,6 +349,8 @@ def summarise(rdf: pd.DataFrame, pdf: pd.DataFrame, by: Sequence[str] = ("task",
                 if not gp.empty else gp
             if len(lp) and "reducible" in lp:
                 lp = lp[~lp["reducible"].fillna(False).astype(bool)]      # irreducible only (schema >= 2)
+            if len(lp) and "reducibility_undetermined" in lp:
+                lp = lp[~lp["reducibility_undetermined"].fillna(False).astype(bool)]
             row["n_points"] = int(len(lp))
             row["point_index_dist"] = _dist(lp["index"]) if len(lp) else ""
             red = lp.drop_duplicates(subset=["run_id", "reduced_id"]) if len(lp) and "reduced_index" in lp else lp.iloc[0:0]

@@ -222,7 +222,8 @@ def count_prefix(layer, order) -> str:
 
 COUNT_FIELDS = ("log10_bound", "n_found", "n_critical", "n_saddle", "n_first_order", "log10_critical",
                 "log10_saddle", "log10_first_order", "n_pair_sets", "n_not_converged", "n_channel", "n_reduced",
-                "n_reduced_irreducible", "n_reducible", "n_uncertified", "n_ambiguous", "n_points_reducible")
+                "n_reduced_irreducible", "n_reducible", "n_undetermined", "n_uncertified", "n_ambiguous",
+                "n_points_reducible")
 
 
 def record_metrics(record: dict) -> dict[str, float]:
@@ -234,7 +235,7 @@ def record_metrics(record: dict) -> dict[str, float]:
     path barrier of layer k) and, for converged trials only, the counts per layer and order
     L<k>_K<K>_{log10_bound, n_found, n_critical, n_saddle, n_first_order, log10_critical, log10_saddle,
     log10_first_order, frac_first_order, n_pair_sets, n_not_converged, n_reduced, n_reduced_irreducible,
-    n_reducible, n_uncertified, n_ambiguous, n_points_reducible} (permsym_core.counting: counts of irreducible
+    n_reducible, n_undetermined, n_uncertified, n_ambiguous, n_points_reducible} (permsym_core.counting: counts of irreducible
     points only; saddles certified by escape). Unconverged trials log no counts: they count nowhere.
     """
     m: dict[str, float] = {}
