@@ -202,17 +202,35 @@ def _tr_subproblem(lam: np.ndarray, gt: np.ndarray, delta: float, tau: float = 0
         j = int(np.flatnonzero(near)[0]) if near.any() else 0
         c[j] = math.sqrt(max(delta ** 2 - rest ** 2, 0.0)) * (-1.0 if gt[j] > 0 else 1.0)
         return c, model(c)
+    # Newton on phi(mu) = 1/|c(mu)| - 1/delta (More & Sorensen): phi is concave and increasing on (lo, inf), so
+    # from mu_a (|c| > delta, phi < 0) the iterates rise monotonically to the root without overshooting;
+    # bisection on [mu_a, mu_b] is the fallback should round-off stall it.
     mu_b = lo + gnorm / delta + scale
-    for _ in range(200):                      # bisection in log-space then plain: robust, P-cheap
-        mu = math.sqrt(mu_a * mu_b) if mu_a > 0 and mu_b / mu_a > 4 else 0.5 * (mu_a + mu_b)
-        n = np.linalg.norm(step(mu))
+    mu = mu_a
+    for _ in range(200):
+        c = step(mu)
+        n = float(np.linalg.norm(c))
+        if abs(n - delta) <= 1e-12 * delta:
+            break
         if n > delta:
             mu_a = mu
         else:
             mu_b = mu
         if mu_b - mu_a <= 1e-15 * mu_b:
+            mu = mu_b
             break
-    c = step(mu_b)
+        den = lam + mu
+        q = float((c * c / np.where(den > 0, den, np.inf)).sum())     # -d|c|/dmu = q / |c|
+        nxt = mu + (n * n / max(q, 1e-300)) * (n - delta) / delta
+        mu = nxt if mu_a < nxt < mu_b else (math.sqrt(mu_a * mu_b) if mu_a > 0 and mu_b / mu_a > 4
+                                            else 0.5 * (mu_a + mu_b))
+    c = step(mu)
+    n = float(np.linalg.norm(c))
+    if n > delta:                         # the root approached from inside the round-off: land on the sphere
+        c = c * (delta / n)
+    elif n < delta and lam[0] < 0:        # near the hard case mu resolves to 1e-15 mu only (|c| short by up to
+        rest = float(np.linalg.norm(c[1:]))   # ~1e-6): the rest goes along the lowest eigenvector, downhill
+        c[0] = math.copysign(math.sqrt(max(delta ** 2 - rest ** 2, 0.0)), c[0] if c[0] != 0 else -gt[0])
     return c, model(c)
 
 

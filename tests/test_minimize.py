@@ -128,3 +128,44 @@ def test_minimum_at_infinity_ends_as_unbounded():
     land = Landscape(spec, task.X, task.Y, device="cpu")
     r = minimise(land, spec.init(0), time_limit_s=30)
     assert r.stop_reason == "unbounded" and not r.converged and r.info["unbounded"]["theta_norm"] > 100
+
+
+def test_trust_region_subproblem_is_the_global_minimiser():
+    """The eigenbasis subproblem against a brute force: no feasible point (random, on the sphere and inside)
+    has a lower model value, and the More-Sorensen conditions hold: (lam + mu) c = -g with lam + mu >= 0 and
+    mu (delta - |c|) = 0, for positive definite, indefinite and hard-case (g orthogonal to the lowest
+    eigenvector) problems over six decades of curvature."""
+    import numpy as np
+
+    from permsym_core.minimize import _tr_subproblem
+
+    rng = np.random.default_rng(0)
+    for trial in range(600):
+        P = int(rng.integers(2, 25))
+        lam = np.sort(rng.normal(size=P) * 10.0 ** rng.uniform(-3, 3, size=P))
+        if trial % 3 == 0:
+            lam = np.sort(np.abs(lam))
+        g = rng.normal(size=P) * 10.0 ** rng.uniform(-6, 1)
+        if trial % 4 == 0:
+            g[0] = 0.0
+        delta = 10.0 ** rng.uniform(-3, 1)
+        c, m = _tr_subproblem(lam, g, delta)
+        n = np.linalg.norm(c)
+        assert n <= delta * (1 + 1e-12)
+        assert m == pytest.approx(g @ c + 0.5 * (lam * c * c).sum(), rel=1e-12, abs=1e-300)
+        D = rng.normal(size=(400, P))
+        D *= (delta * rng.uniform(0, 1, size=(400, 1)) ** (1 / P)) / np.linalg.norm(D, axis=1, keepdims=True)
+        D[:200] *= delta / np.linalg.norm(D[:200], axis=1, keepdims=True)
+        vals = D @ g + 0.5 * (D * D) @ lam
+        assert vals.min() >= m - 1e-10 * max(1.0, abs(m)), trial
+        inner = n < delta * (1 - 1e-9)
+        if inner:       # interior solution: mu = 0, H positive semi-definite, Newton step
+            assert lam[0] >= -1e-12 * np.abs(lam).max()
+            np.testing.assert_allclose(lam * c, -g, rtol=1e-8, atol=1e-10 * np.abs(g).max())
+        else:           # on the sphere: some mu >= max(0, -lam_0) with (lam + mu) c = -g on g's support
+            nz = np.abs(c) > 1e-9 * n
+            mus = -g[nz] / c[nz] - lam[nz]
+            mu = np.median(mus)
+            assert mu >= -lam[0] - 1e-8 * max(1.0, np.abs(lam).max()) and mu >= -1e-10
+            on = np.abs(g) > 1e-6 * np.abs(g).max()     # the hard case leaves c free where g is zero
+            np.testing.assert_allclose(((lam + mu) * c)[on], -g[on], rtol=1e-4)
