@@ -1,7 +1,8 @@
 """Hessian build: structured (permsym_core.hessian) against three autodiff builds, timed in the same run.
 
-Baselines: torch.func.hessian (jacfwd of jacrev), torch.autograd.functional.hessian(vectorize=True), and a
-chunked vmap of forward-over-reverse HVPs; on the paper's toy sizes also the single-threaded,
+Baselines: torch.func.hessian (jacfwd of jacrev), torch.autograd.functional.hessian(vectorize=True), a
+chunked vmap of forward-over-reverse HVPs, and curvlinops' HessianLinearOperator (the library a user would pick;
+its dense build H @ I, and its matrix-vector product against Landscape.hvp); on the paper's toy sizes also the single-threaded,
 non-vectorised torch.autograd.functional.hessian that MLPGradientFlow.jl compared against. A baseline whose
 memory estimate exceeds what is free is skipped and reported as OOM. Each method's Hessian is compared with
 the structured one (max |diff| / max |entry|). `ratio` = baseline seconds / method seconds (a speed-up).
@@ -27,7 +28,7 @@ MEMORY_SAFETY = 4.0
 TITLE = "Hessian build: structured vs autodiff"
 NOTES = """\
 `ratio` is the baseline's seconds over the method's seconds (above 1: the method is faster); the baseline
-is the fastest autodiff build that ran for that case (`best autodiff`, any of the four), or the paper's
+is the fastest autodiff build that ran for that case (`best autodiff`, any of the five, curvlinops included), or the paper's
 baseline where named. `agreement` is max |H - H_structured| / max |H_structured| (over the columns computed
 when a build was timed on a block of columns). A baseline predicted (from its time at the previous size,
 scaled as P^2 N) to exceed the run's per-build budget is skipped, except the chunked HVP build and the
@@ -114,7 +115,49 @@ def autograd_loop_columns(L, theta, n_cols: int, _chunk: int = 1) -> torch.Tenso
     return torch.stack([torch.autograd.grad(g[i], x, retain_graph=True)[0] for i in range(n_cols)], 1)
 
 
-SAMPLED = {VMAP: vmap_hvp_columns, PAPER: autograd_loop_columns}  # builds whose cost is linear in the slices
+CURVLINOPS = "curvlinops (H @ I)"
+
+
+def curvlinops_operator(L, theta):
+    """curvlinops' HessianLinearOperator (the library a user would pick) on the same net, data and loss: an
+    nn.Sequential of float64 Linear layers holding theta, the landscape's activation, MSELoss(mean) (equal to
+    the landscape's loss for one output). None when curvlinops-for-pytorch is not installed."""
+    try:
+        from curvlinops import HessianLinearOperator
+    except ImportError:
+        return None
+    from torch import nn
+
+    class Act(nn.Module):
+        def forward(self, z):
+            return L.act.f(z)
+
+    if L.spec.output != "regression" or L.spec.widths[-1] != 1:
+        raise ValueError("curvlinops_operator: expected a one-output regression landscape")
+    layers = []
+    for k, (W, b) in enumerate(L.spec.views(theta), start=1):
+        lin = nn.Linear(W.shape[1], W.shape[0], bias=b is not None).to(dtype=DTYPE, device=theta.device)
+        with torch.no_grad():
+            lin.weight.copy_(W)
+            if b is not None:
+                lin.bias.copy_(b)
+        layers += [lin] + ([Act()] if k < L.spec.depth else [])
+    model = nn.Sequential(*layers)
+    return HessianLinearOperator(model, nn.MSELoss(reduction="mean"), list(model.parameters()), [(L.X, L.Y)],
+                                 check_deterministic=False)
+
+
+def curvlinops_hessian(L, theta) -> torch.Tensor:
+    return curvlinops_operator(L, theta) @ torch.eye(theta.numel(), dtype=DTYPE, device=theta.device)
+
+
+def curvlinops_columns(L, theta, n_cols: int, _chunk: int = 1) -> torch.Tensor:
+    eye = torch.eye(theta.numel(), dtype=DTYPE, device=theta.device)[:, :n_cols]
+    return curvlinops_operator(L, theta) @ eye
+
+
+SAMPLED = {VMAP: vmap_hvp_columns, PAPER: autograd_loop_columns,    # builds whose cost is linear in the slices
+           CURVLINOPS: curvlinops_columns}
 
 
 def methods(case: Case) -> list[tuple[str, object, float]]:
@@ -122,10 +165,15 @@ def methods(case: Case) -> list[tuple[str, object, float]]:
     spec, P, N = case.spec(), case.spec().n_params, case.N
     tangents = 3 * 8 * P * N * max(spec.widths)  # all P tangents through the net at once, a few live copies
     chunk, per_tangent = hvp_chunk(case)
-    return [("torch.func.hessian", autodiff_hessian, tangents + 16 * P * P),
-            ("autograd.functional(vectorize)", autograd_functional_hessian, tangents + 16 * P * P),
-            (VMAP, vmap_hvp_hessian, 3 * chunk * per_tangent + 24 * P * P),
-            (PAPER, autograd_loop_hessian, 8 * 8 * N * max(spec.widths) * spec.depth + 16 * P * P)]
+    out = [("torch.func.hessian", autodiff_hessian, tangents + 16 * P * P),
+           ("autograd.functional(vectorize)", autograd_functional_hessian, tangents + 16 * P * P),
+           (VMAP, vmap_hvp_hessian, 3 * chunk * per_tangent + 24 * P * P),
+           (PAPER, autograd_loop_hessian, 8 * 8 * N * max(spec.widths) * spec.depth + 16 * P * P)]
+    try:
+        import curvlinops  # noqa: F401
+    except ImportError:
+        return out
+    return out + [(CURVLINOPS, curvlinops_hessian, tangents + 24 * P * P)]
 
 
 def timed(fn, *args, min_seconds: float = 1.0, max_repeats: int = 5):
@@ -203,7 +251,7 @@ def run_case(case: Case, history: dict, budget_s: float) -> list[dict]:
             P0, N0, t0 = history[(family, name)]
             est = t0 * (P / P0) ** 2 * (case.N / N0)
         if est is not None and est > budget_s and name in SAMPLED:
-            step = hvp_chunk(case)[0] if name == VMAP else 1
+            step = hvp_chunk(case)[0] if name == VMAP else (64 if name == CURVLINOPS else 1)
             n = min(P, step * max(1, round(P * 0.5 * budget_s / est / step)))
             t, part = timed(SAMPLED[name], L, theta, n, step, max_repeats=1)
             t *= P / n
@@ -233,11 +281,25 @@ def run_case(case: Case, history: dict, budget_s: float) -> list[dict]:
     srow = dict(base, method="structured", seconds=t_s, gflops=structured_flops(L.spec, L.N) / t_s / 1e9)
     if best_name:
         srow.update(ratio=times[best_name] / t_s, baseline=f"{BEST} ({best_name})")
-    out = [srow] + rows
+    out = [srow] + rows + hvp_rows(L, theta, base)
     if case.toy and PAPER in times:
         out.append(dict(base, method="structured", seconds=t_s, ratio=times[PAPER] / t_s,
                         baseline=f"{PAPER}, the paper's baseline"))
     return out
+
+
+def hvp_rows(L, theta, base: dict) -> list[dict]:
+    """One Hessian-vector product: ours (Landscape.hvp, forward-over-reverse) against curvlinops' matvec."""
+    op = curvlinops_operator(L, theta)
+    if op is None:
+        return [dict(base, method="HVP: curvlinops", note="curvlinops-for-pytorch not installed")]
+    v = torch.randn(theta.numel(), generator=torch.Generator().manual_seed(1), dtype=DTYPE).to(theta.device)
+    t_ours, hv = timed(L.hvp, theta, v, max_repeats=5)
+    t_cl, hv_cl = timed(lambda x: op @ x, v, max_repeats=5)
+    agree = float((hv - hv_cl).abs().max() / hv_cl.abs().max())
+    return [dict(base, method="HVP: Landscape.hvp", seconds=t_ours, ratio=t_cl / t_ours,
+                 baseline="HVP: curvlinops HessianLinearOperator @ v", agreement=agree),
+            dict(base, method="HVP: curvlinops", seconds=t_cl)]
 
 
 def warm_up() -> None:

@@ -12,6 +12,7 @@ from .activations import ACTIVATIONS
 # Bumped whenever the trial record (permsym_core.study) changes meaning; part of every trial key.
 SCHEMA_VERSION = 2
 TASKS = ("toy", "teacher", "mnist")
+DEVICES = ("auto", "cpu", "cuda")
 
 
 class ConfigError(ValueError):
@@ -40,6 +41,8 @@ class TrialConfig:
     path_relax: bool = True
     path_points: int = 41
     save_params: bool = False
+    device: str = "auto"                 # "auto" (CUDA when there) | "cpu" | "cuda"; not part of the trial key
+    dense_max_params: int | None = None  # dense/iterative threshold: None = what free memory allows (see README)
 
     def __post_init__(self) -> None:
         def fail(name: str, expected: str, got: Any) -> None:
@@ -84,6 +87,21 @@ class TrialConfig:
         if self.time_limit_s is not None and not (isinstance(self.time_limit_s, (int, float)) and self.time_limit_s > 0):
             fail("time_limit_s", "a number > 0 or null", self.time_limit_s)
 
+        if self.device not in DEVICES:
+            fail("device", f"one of {', '.join(DEVICES)}", self.device)
+        d = self.dense_max_params
+        if d is not None and (isinstance(d, bool) or not isinstance(d, int) or d < 1):
+            fail("dense_max_params", "an integer >= 1 or null", d)
+
+    def torch_device(self):
+        """The device the trial runs on; "cuda" where no CUDA device exists is a ConfigError."""
+        import torch
+
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise ConfigError("device: expected 'auto' or 'cpu' on a machine without CUDA, got 'cuda'")
+        return torch.device("cuda" if self.device == "cuda" or (self.device == "auto" and torch.cuda.is_available())
+                            else "cpu")
+
     @classmethod
     def from_dict(cls, d: dict) -> "TrialConfig":
         known = {f.name for f in dataclasses.fields(cls)}
@@ -104,5 +122,9 @@ class TrialConfig:
 
     def trial_key(self) -> str:
         """Hash of the scientific configuration and the record's schema version (16 hex digits)."""
-        payload = json.dumps({"schema_version": SCHEMA_VERSION, "config": self.to_dict()}, sort_keys=True)
+        config = self.to_dict()
+        del config["device"]                     # where it ran does not change what it found
+        if config["dense_max_params"] is None:   # keys of trials from before the field stay as they were
+            del config["dense_max_params"]
+        payload = json.dumps({"schema_version": SCHEMA_VERSION, "config": config}, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]

@@ -3,11 +3,15 @@
 Pipeline (after MLPGradientFlow.jl's train: a first-order phase, then a second-order polish):
 1. Warm-up: full-batch Adam on the exact gradient (deterministic), keeping the lowest-loss point, stopped
    early once |grad|_inf <= ADAM_SWITCH_TOL (the second-order finish is faster from there).
-2. Finish, chosen by ``method`` ("auto": "trust-region" while P <= DENSE_MAX_P, else "lbfgs"):
+2. Finish, chosen by ``method`` ("auto": "trust-region" while P <= DENSE_MAX_P and the trial's dense limit,
+   else "lbfgs+krylov": L-BFGS, then, if it did not certify, "trust-krylov" for up to max_iter more):
    - "trust-region": Newton trust region on the exact dense Hessian, the subproblem solved exactly in the
      Hessian's eigenbasis (indefinite H and the hard case included, so saddles are left downhill). Near the
      minimum, where predicted decreases fall below the loss's round-off, a step is accepted when it lowers
      |grad|_inf instead (plain ratio tests stall there).
+   - "trust-krylov": the same trust region, matrix-free: the subproblem by Steihaug-Toint truncated CG on
+     Hessian-vector products (Landscape.hvp), so |grad|_inf <= 1e-10 is certified above the dense limit where
+     L-BFGS stalls at the loss's round-off; the same acceptance rule.
    - "trust-exact": scipy.optimize.minimize(method="trust-exact") on the same Hessian (kept to compare).
    - "lbfgs": scipy L-BFGS-B on the exact gradient (gtol = grad_tol, an infinity norm), restarted while it
      makes progress.
@@ -49,7 +53,8 @@ CHANNEL_MIN_ITER = 1000     # no channel call before this many second-order iter
 #                             reached after ~330 more) was called a channel (loss -40 % and |theta_D| +2 % per 25)
 CHANNEL_WINDOW = 250        # the window of snapshots a channel is measured on
 STOP_REASONS = ("converged", "max_iter", "time_limit", "diverged", "stalled", "unbounded", "channel")
-METHODS = ("auto", "trust-region", "trust-exact", "lbfgs")
+METHODS = ("auto", "trust-region", "trust-krylov", "trust-exact", "lbfgs", "lbfgs+krylov")
+KRYLOV_MAX_CG = 250         # conjugate-gradient steps (HVPs) per trust-krylov subproblem, at most P
 _EPS = np.finfo(np.float64).eps
 
 
@@ -234,7 +239,77 @@ def _tr_subproblem(lam: np.ndarray, gt: np.ndarray, delta: float, tau: float = 0
     return c, model(c)
 
 
-def _trust_region(run: _Run, theta: Tensor, max_iter: int) -> tuple[Tensor, str]:
+class _DenseModel:
+    """The exact subproblem in the eigenbasis of the dense Hessian (one build and eigh per accepted point)."""
+
+    def __init__(self, run: _Run):
+        self.run = run
+        self.lam = self.V = None
+
+    def moved(self) -> None:
+        self.lam = None
+
+    def step(self, theta: Tensor, g: Tensor, delta: float) -> tuple[Tensor, float, float]:
+        if self.lam is None:
+            H = self.run.land.hessian(theta)
+            if not bool(torch.isfinite(H).all()):
+                raise _Stop("diverged")
+            lam_t, self.V = torch.linalg.eigh(H)
+            self.lam = lam_t.cpu().numpy()
+        gt = (self.V.T @ g).cpu().numpy()
+        c, pred = _tr_subproblem(self.lam, gt, delta, ZERO_CURV * float(np.abs(self.lam).max()))
+        return self.V @ torch.as_tensor(c, dtype=DTYPE, device=self.V.device), pred, float(np.linalg.norm(c))
+
+
+class _KrylovModel:
+    """Matrix-free subproblem: Steihaug-Toint truncated conjugate gradients on Hessian-vector products
+    (Nocedal & Wright, Algorithm 7.2), stopped at |r| <= min(0.5, sqrt|g|) |g| (superlinear near a minimum),
+    on the trust-region boundary, or along a direction of non-positive curvature (left downhill)."""
+
+    def __init__(self, run: _Run, max_cg: int):
+        self.run = run
+        self.max_cg = max_cg
+        self.hvps = 0
+
+    def moved(self) -> None:
+        pass
+
+    @staticmethod
+    def _to_boundary(z: Tensor, d: Tensor, delta: float) -> float:
+        a, b, c = float(d @ d), 2.0 * float(z @ d), float(z @ z) - delta ** 2
+        return (-b + math.sqrt(max(b * b - 4 * a * c, 0.0))) / (2 * a)
+
+    def step(self, theta: Tensor, g: Tensor, delta: float) -> tuple[Tensor, float, float]:
+        gnorm = float(g.norm())
+        tol = min(0.5, math.sqrt(gnorm)) * gnorm
+        z, Bz = torch.zeros_like(g), torch.zeros_like(g)
+        r, d = g.clone(), -g
+        rr = float(r @ r)
+        for _ in range(self.max_cg):
+            Bd = self.run.land.hvp(theta, d)
+            self.hvps += 1
+            if not bool(torch.isfinite(Bd).all()):
+                raise _Stop("diverged")
+            dBd = float(d @ Bd)
+            if dBd <= 0 or math.sqrt(float((z + (rr / dBd) * d) @ (z + (rr / dBd) * d))) >= delta:
+                t = self._to_boundary(z, d, delta)
+                z, Bz = z + t * d, Bz + t * Bd
+                break
+            alpha = rr / dBd
+            z, Bz = z + alpha * d, Bz + alpha * Bd
+            r = r + alpha * Bd
+            rr_new = float(r @ r)
+            if math.sqrt(rr_new) <= tol:
+                break
+            d = -r + (rr_new / rr) * d
+            rr = rr_new
+        pred = float(g @ z) + 0.5 * float(z @ Bz)
+        return z, pred, float(z.norm())
+
+
+def _trust_region(run: _Run, theta: Tensor, max_iter: int, model=None) -> tuple[Tensor, str]:
+    """Trust-region iterations; the step from `model` (default: the dense eigenbasis subproblem)."""
+    model = _DenseModel(run) if model is None else model
     loss, g = run.raw(theta)
     ginf = run.accept(theta, loss, g)
     if ginf <= run.tol:
@@ -242,23 +317,13 @@ def _trust_region(run: _Run, theta: Tensor, max_iter: int) -> tuple[Tensor, str]
     delta = max(1.0, 0.1 * float(theta.norm()))
     rmax = UNBOUNDED_GROWTH * max(float(theta.norm()), 10.0)
     dmax = 1e3 * (1.0 + float(theta.norm()))
-    lam = V = None
     for it in range(1, max_iter + 1):
         run.check_time()
         run.iters["second_order"] = it
         run.snapshot(it - 1, loss, theta)
         if it - 1 >= CHANNEL_MIN_ITER and (it - 1) % CHANNEL_EVERY == 0 and run.channel(it - 1) is not None:
             return theta, "channel"
-        if lam is None:
-            H = run.land.hessian(theta)
-            if not bool(torch.isfinite(H).all()):
-                raise _Stop("diverged")
-            lam_t, V = torch.linalg.eigh(H)
-            lam = lam_t.cpu().numpy()
-        gt = (V.T @ g).cpu().numpy()
-        c, pred = _tr_subproblem(lam, gt, delta, ZERO_CURV * float(np.abs(lam).max()))
-        p = V @ torch.as_tensor(c, dtype=DTYPE, device=V.device)
-        pnorm = float(np.linalg.norm(c))
+        p, pred, pnorm = model.step(theta, g, delta)
         new = theta + p
         loss_n, g_n = run.raw(new)
         ginf_n = float(g_n.abs().max())
@@ -277,7 +342,7 @@ def _trust_region(run: _Run, theta: Tensor, max_iter: int) -> tuple[Tensor, str]
         if rho > 1e-4:
             theta, loss, g = new, loss_n, g_n
             ginf = run.accept(theta, loss, g)
-            lam = None
+            model.moved()
             if ginf <= run.tol:
                 return theta, "converged"
             if float(theta.norm()) > rmax:      # still descending while the weights run away: no finite minimum here
@@ -353,9 +418,15 @@ def _scipy(run: _Run, theta: Tensor, max_iter: int, method: str) -> tuple[Tensor
 
 # --- entry point ----------------------------------------------------------------------------------
 
+def dense_second_order(P: int, dense_max_params: int | None = None) -> bool:
+    """Whether "auto" finishes on the dense Hessian: P <= DENSE_MAX_P (a dense eigh per iteration stays cheap)
+    and P <= dense_max_params (the trial's dense/iterative threshold, see permsym_core.config) when given."""
+    return P <= DENSE_MAX_P and (dense_max_params is None or P <= dense_max_params)
+
+
 def minimise(landscape, theta0, *, grad_tol: float = 1e-10, max_iter: int = 2000, adam_steps: int = 3000,
              lr: float = 0.05, time_limit_s: float | None = None, seed: int = 0, method: str = "auto",
-             warmup: bool = True) -> MinimiseResult:
+             warmup: bool = True, dense_max_params: int | None = None) -> MinimiseResult:
     """Minimise `landscape` from theta0 to |grad|_inf <= grad_tol; see the module docstring.
 
     `seed` is recorded for reproducibility (the pipeline itself draws no random numbers)."""
@@ -364,7 +435,8 @@ def minimise(landscape, theta0, *, grad_tol: float = 1e-10, max_iter: int = 2000
     run = _Run(landscape, float(grad_tol), time_limit_s)
     theta = landscape.as_theta(theta0).detach().clone()
     P = theta.numel()
-    used = "trust-region" if method == "auto" and P <= DENSE_MAX_P else ("lbfgs" if method == "auto" else method)
+    used = method if method != "auto" else ("trust-region" if dense_second_order(P, dense_max_params)
+                                            else "lbfgs+krylov")
     ran = "none"
     reason = "max_iter"
     run_info_error = None
@@ -379,8 +451,19 @@ def minimise(landscape, theta0, *, grad_tol: float = 1e-10, max_iter: int = 2000
                 ran = used
                 if used == "trust-region":
                     theta, reason = _trust_region(run, theta, max_iter)
+                elif used == "trust-krylov":
+                    krylov = _KrylovModel(run, max_cg=min(P, KRYLOV_MAX_CG))
+                    theta, reason = _trust_region(run, theta, max_iter, krylov)
+                    run.info["hvps"] = krylov.hvps
                 else:
-                    theta, reason = _scipy(run, theta, max_iter, used)
+                    theta, reason = _scipy(run, theta, max_iter, "lbfgs" if used == "lbfgs+krylov" else used)
+                    if used == "lbfgs+krylov" and reason in ("max_iter", "stalled"):   # L-BFGS did not certify:
+                        krylov = _KrylovModel(run, max_cg=min(P, KRYLOV_MAX_CG))        # the matrix-free finish
+                        done = run.iters["second_order"]
+                        run.history.clear()            # channel snapshots are numbered per phase
+                        theta, reason = _trust_region(run, theta, max_iter, krylov)
+                        run.iters["second_order"] += done
+                        run.info["hvps"] = krylov.hvps
     except _Stop as stop:
         reason = stop.reason
         if run.best is not None:

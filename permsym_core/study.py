@@ -39,7 +39,7 @@ PhaseCallback = Callable[[str, int, int], None]   # on_phase(phase, k, n): see r
 def _minimise(landscape: Landscape, theta0: torch.Tensor, cfg: TrialConfig, warmup: bool = True):
     return minimise(landscape, theta0, grad_tol=cfg.grad_tol, max_iter=cfg.max_iter,
                     adam_steps=cfg.adam_steps if warmup else 0, lr=cfg.lr,
-                    time_limit_s=cfg.time_limit_s, seed=cfg.seed)
+                    time_limit_s=cfg.time_limit_s, seed=cfg.seed, dense_max_params=cfg.dense_max_params)
 
 
 def _clean(x: Any) -> Any:
@@ -81,7 +81,7 @@ class _Trial:
         bias = self.task.default_bias if cfg.bias is None else cfg.bias
         self.spec = MLPSpec((self.task.n_in, *cfg.widths, self.task.n_out), cfg.activation, bias,
                             self.task.output)
-        self.landscape = Landscape(self.spec, self.task.X, self.task.Y)
+        self.landscape = Landscape(self.spec, self.task.X, self.task.Y, device=cfg.torch_device())
         self.loss_scale = zero_loss_scale(self.landscape)
         self.reduced: list[dict] = []
         self.state: list[_Reduced] = []
@@ -183,7 +183,8 @@ class _Trial:
         one's (up to permutation) is folded into it: one reduced point per canonical form."""
         def reminimise(land, start):
             return minimise(land, start, grad_tol=self.cfg.grad_tol, max_iter=min(self.cfg.max_iter, 500),
-                            adam_steps=0, time_limit_s=self.cfg.time_limit_s, seed=self.cfg.seed)
+                            adam_steps=0, time_limit_s=self.cfg.time_limit_s, seed=self.cfg.seed,
+                            dense_max_params=self.cfg.dense_max_params)
 
         keep = list(range(first))
         for rid in range(first, len(self.reduced)):
@@ -270,7 +271,7 @@ class _Trial:
         return point
 
     def cfg_max_dense(self) -> int | None:
-        return getattr(self.cfg, "max_dense_P", None)
+        return self.cfg.dense_max_params
 
     def _scan(self, layer, rid, neuron, st, item) -> None:
         """Index and n_zero along the gamma-line of one duplicated neuron, beside the index predicted by the

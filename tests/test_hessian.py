@@ -146,3 +146,23 @@ def test_memory_estimates():
     assert dense_hessian_bytes(2000) - dense_hessian_bytes(1000) == 8 * (2000 ** 2 - 1000 ** 2)
     assert dense_fits(100)
     assert not dense_fits(10 ** 7)  # 800 TB
+
+
+def test_structured_hessian_and_hvp_match_curvlinops():
+    """An external library as the oracle: curvlinops' HessianLinearOperator on the same two-hidden-layer
+    softplus net (dense H @ I and one matrix-vector product) equals the structured Hessian and Landscape.hvp."""
+    from benchmarks.hessian import curvlinops_operator
+
+    gen = torch.Generator().manual_seed(3)
+    spec = MLPSpec((4, 6, 5, 1), "softplus", True, "regression")
+    X = torch.randn(200, 4, generator=gen, dtype=torch.float64)
+    Y = torch.tanh(X[:, :1] - X[:, 1:2])
+    L = Landscape(spec, X, Y, device="cpu")
+    theta = spec.init(1) + 0.2 * torch.randn(spec.n_params, generator=gen, dtype=torch.float64)
+    op = curvlinops_operator(L, theta)
+    H_ref = op @ torch.eye(spec.n_params, dtype=torch.float64)
+    H = L.hessian(theta)
+    assert float((H - H_ref).abs().max() / H_ref.abs().max()) < 1e-12
+    v = torch.randn(spec.n_params, generator=gen, dtype=torch.float64)
+    hv_ref = op @ v
+    assert float((L.hvp(theta, v) - hv_ref).abs().max() / hv_ref.abs().max()) < 1e-12

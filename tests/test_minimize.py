@@ -169,3 +169,26 @@ def test_trust_region_subproblem_is_the_global_minimiser():
             assert mu >= -lam[0] - 1e-8 * max(1.0, np.abs(lam).max()) and mu >= -1e-10
             on = np.abs(g) > 1e-6 * np.abs(g).max()     # the hard case leaves c free where g is zero
             np.testing.assert_allclose(((lam + mu) * c)[on], -g[on], rtol=1e-4)
+
+
+def test_matrix_free_finish_certifies_where_lbfgs_does_not():
+    """Above the dense threshold (forced here with dense_max_params) "auto" runs L-BFGS and, when that does
+    not certify, the Steihaug-CG trust region on Hessian-vector products: on the toy 2-6-1 sigmoid student
+    L-BFGS alone ends at |grad|_inf ~1e-5 after 400 iterations; the chain reaches 1e-10 at the minimum the
+    dense trust region finds (same loss to 1e-9)."""
+    from permsym_core.landscape import Landscape
+    from permsym_core.mlp import MLPSpec
+    from permsym_core.tasks import make_task
+
+    task = make_task("toy", seed=0, activation="sigmoid", student_widths=(6,))
+    spec = MLPSpec((2, 6, 1), "sigmoid", task.default_bias, task.output)
+    L = Landscape(spec, task.X, task.Y)
+    th0 = spec.init(0)
+    lbfgs = minimise(L, th0, method="lbfgs", max_iter=400)
+    assert not lbfgs.converged and lbfgs.grad_inf > 1e-8
+    chain = minimise(L, th0, max_iter=400, dense_max_params=10)
+    assert chain.method == "lbfgs+krylov" and chain.converged and chain.grad_inf <= 1e-10
+    assert chain.info["hvps"] > 0
+    dense = minimise(L, th0, max_iter=400)
+    assert dense.method == "trust-region" and dense.converged
+    assert chain.loss == pytest.approx(dense.loss, rel=1e-9)
