@@ -20,6 +20,17 @@ class Activation:
     f: Callable[[Tensor], Tensor]
     df: Callable[[Tensor], Tensor]
     d2f: Callable[[Tensor], Tensor]
+    # the derivatives from h = f(z) (and sigma'), where they are polynomials in it: no second transcendental
+    df_h: Callable[[Tensor], Tensor] | None = None
+    d2f_h: Callable[[Tensor, Tensor], Tensor] | None = None
+
+    def deriv(self, z: Tensor, h: Tensor) -> Tensor:
+        """sigma'(z), given h = sigma(z) (cheaper where df_h exists; equal to df(z) up to round-off)."""
+        return self.df(z) if self.df_h is None else self.df_h(h)
+
+    def deriv2(self, z: Tensor, h: Tensor, dh: Tensor) -> Tensor:
+        """sigma''(z), given h = sigma(z) and dh = sigma'(z)."""
+        return self.d2f(z) if self.d2f_h is None else self.d2f_h(h, dh)
 
 
 def _sigmoid(x: Tensor) -> Tensor:
@@ -90,8 +101,8 @@ def _d2g(x: Tensor) -> Tensor:
 ACTIVATIONS: dict[str, Activation] = {
     a.name: a
     for a in (
-        Activation("sigmoid", _sigmoid, _dsigmoid, _d2sigmoid),
-        Activation("tanh", _tanh, _dtanh, _d2tanh),
+        Activation("sigmoid", _sigmoid, _dsigmoid, _d2sigmoid, lambda h: h * (1 - h), lambda h, dh: dh * (1 - 2 * h)),
+        Activation("tanh", _tanh, _dtanh, _d2tanh, lambda h: 1 - h * h, lambda h, dh: -2 * h * dh),
         Activation("softplus", _softplus, _sigmoid, _dsigmoid),
         Activation("gelu", _gelu, _dgelu, _d2gelu),
         Activation("g", _g, _dg, _d2g),

@@ -57,7 +57,7 @@ def structured_hessian(landscape, theta: Tensor) -> Tensor:
     cache = landscape.forward(theta)
     Ws = [W for W, _ in spec.views(theta)]
     hts = _augmented_inputs(spec, cache.hs)
-    dsig = [act.df(z) for z in cache.zs[:-1]]
+    dsig = [act.deriv(z, h) for z, h in zip(cache.zs[:-1], cache.hs[1:])]
     deltas, s = _backprop(landscape, Ws, cache, dsig)
     P = spec.n_params
     H = torch.empty(P, P, dtype=DTYPE, device=theta.device)
@@ -87,7 +87,7 @@ def _backprop(landscape, Ws, cache, dsig) -> tuple[list[Tensor], list[Tensor | N
     for k in range(d - 1, 0, -1):  # 0-based layer index k-1 receives from layer k
         back = deltas[k] @ Ws[k]
         deltas[k - 1] = back * dsig[k - 1]
-        s[k - 1] = back * landscape.act.d2f(cache.zs[k - 1])
+        s[k - 1] = back * landscape.act.deriv2(cache.zs[k - 1], cache.hs[k], dsig[k - 1])
     return deltas, s
 
 

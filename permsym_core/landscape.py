@@ -103,7 +103,7 @@ class Landscape:
             if gb is not None:
                 gb.copy_(delta.sum(0))
             if k > 1:
-                delta = (delta @ layers[k - 1][0]) * self.act.df(cache.zs[k - 2])
+                delta = (delta @ layers[k - 1][0]) * self.act.deriv(cache.zs[k - 2], cache.hs[k - 1])
         return loss, grad
 
     def grad(self, theta) -> Tensor:
