@@ -131,14 +131,20 @@ def path_figure(record: dict) -> Figure | None:
         ax.plot(s, losses, marker=".", ms=3, label=f"layer {p.get('layer')}, pair ({pair}), "
                                                      f"barrier {p.get('barrier', float('nan')):.3g}")
     ax.axvline(0.5, color="k", ls=":", lw=0.8)
+    _loss_axes(ax, paths, "position along the path (0: theta*, 0.5: permutation point, 1: P_ij theta*)",
+               "Loss along the equal-loss valley path")
+    return fig
+
+
+def _loss_axes(ax, paths: list[dict], xlabel: str, title: str) -> None:
+    """The axes of a loss-along-a-path figure: log scale when every loss is positive, labels, grid, legend."""
     if np.all(np.concatenate([np.asarray(p["losses"], float) for p in paths]) > 0):
         ax.set_yscale("log")
-    ax.set_xlabel("position along the path (0: theta*, 0.5: permutation point, 1: P_ij theta*)")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("loss")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    ax.set_title("Loss along the equal-loss valley path", fontsize=9)
-    return fig
+    ax.set_title(title, fontsize=9)
 
 
 def valley_figure(record: dict, max_lines: int = 6) -> Figure | None:
@@ -187,14 +193,8 @@ def permuted_path_figure(record: dict) -> Figure | None:
         a, b, _ = p.get("legs") or [0, 0, 0]
         ax.axvspan(a, a + b, color=line.get_color(), alpha=0.08)
         ax.axhline(p.get("point_loss"), color=line.get_color(), ls=":", lw=0.8)
-    if np.all(np.concatenate([np.asarray(p["losses"], float) for p in paths]) > 0):
-        ax.set_yscale("log")
-    ax.set_xlabel("sample (shaded: the valley at the permutation point's loss, dotted)")
-    ax.set_ylabel("loss")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    ax.set_title("Minimum to permuted minimum: theta* -> point -> valley -> sigma point -> sigma theta*",
-                 fontsize=9)
+    _loss_axes(ax, paths, "sample (shaded: the valley at the permutation point's loss, dotted)",
+               "Minimum to permuted minimum: theta* -> point -> valley -> sigma point -> sigma theta*")
     return fig
 
 
