@@ -9,9 +9,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `benchmarks` is not an installed package
 
 from benchmarks import MODULES  # noqa: E402
-from benchmarks import counting, memory, minimise, sweep, trial  # noqa: E402
+from benchmarks import counting, memory, minimise, sweep, trial, trial_width  # noqa: E402
 
-OURS = ("counting", "minimise", "trial", "sweep", "memory")
+OURS = ("counting", "minimise", "trial", "trial_width", "sweep", "memory")
 
 
 def test_modules_registered_with_the_interface():
@@ -78,3 +78,17 @@ def test_memory_workload_reports_its_peak_on_the_smallest_case():
     assert rec["P"] == 97 and rec["counts_agree"]
     assert rec["peak"] >= rec["base"] > 0
     assert rec["ru_maxrss"] >= rec["base"] // 2
+
+
+def test_trial_width_targets_read_the_rows_they_name():
+    """The width benchmark's verdicts come from the rows of this code at the named widths, not the baseline's."""
+    rows = [dict(method="permsym (this code)", depth=1, width=4, seconds=1.0),
+            dict(method="baseline a7b8af4", depth=1, width=4, seconds=13.0),
+            dict(method="permsym (this code)", depth=1, width=10, seconds=20.0),
+            dict(method="permsym (this code)", depth=3, width=5, seconds=70.0)]
+    lines = trial_width.targets(rows)
+    assert "MET: toy width 4 <= 1.5 s: 1.0 s" in lines
+    assert "NOT MET: toy width 10 <= 15 s: 20.0 s" in lines
+    assert "not measured: width 6 <= 4 s" in lines
+    assert "NOT MET: cost from width 4 to 10 grows at most 10x: 20.0x" in lines
+    assert any(line.startswith("NOT MET: three-hidden-layer") for line in lines)

@@ -1,0 +1,150 @@
+"""Trial cost against width (issue 12): run_trial on the toy task, sigmoid, seed 1, every pair, first order,
+one and two hidden layers, each in a fresh process, against the code of the session's start (commit
+BASELINE, checked out into a temporary git worktree) at the widths where that baseline is affordable.
+Writes docs/trial_cost_vs_width.png.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+TITLE = "Trial cost against width"
+ROOT = Path(__file__).resolve().parents[1]
+BASELINE = "a7b8af4"            # main before issue 12's work: the sequential code
+ONE = (3, 4, 6, 8, 10, 14, 20)
+TWO = (3, 4, 5, 6, 8)
+BASELINE_WIDTHS = {1: (4, 6), 2: (3,)}
+TIMEOUT_S = 900
+NOTES = f"""\
+Each row is one `run_trial` in a fresh Python process (torch's default threads: both cores), toy task
+(teacher 2-4-1 sigmoid, 1,681 inputs), student sigmoid, seed 1, first-order points of every pair, every
+other option at its default (relaxed paths, gamma scan, valleys). `seconds` is run_trial's own total
+(record timings; imports excluded). The baseline is the code at commit {BASELINE} (the sequential engine),
+run from a temporary git worktree at the widths where it is affordable; `ratio` = baseline seconds / seconds.
+`agreement` compares the two records' counts table (points found, critical, first-order saddles, per layer
+and order). The three-hidden-layer row is the teacher task with teacher widths [5, 5, 5] learned by a
+[5, 5, 5] student (softplus, every pair, 500 samples). The plot is docs/trial_cost_vs_width.png."""
+
+CHILD = r"""
+import json, sys, time
+from permsym_core.study import run_trial
+cfg = json.loads(sys.argv[1])
+t = time.perf_counter()
+rec = run_trial(cfg)
+print(json.dumps({"seconds": rec["timings"]["total"], "wall": time.perf_counter() - t, "timings": rec["timings"],
+                  "counts": rec.get("counts"), "converged": (rec.get("minimum") or {}).get("converged"),
+                  "P": (rec.get("minimum") or {}).get("n_params")}))
+"""
+
+
+def config(widths: tuple[int, ...]) -> dict:
+    return {"task": "toy", "widths": list(widths), "activation": "sigmoid", "seed": 1, "pairs": "all"}
+
+
+DEEP = {"task": "teacher", "widths": [5, 5, 5], "activation": "softplus", "seed": 0, "pairs": "all",
+        "task_options": {"teacher_widths": [5, 5, 5], "n_samples": 500}}
+
+
+def run_one(cfg: dict, root: Path) -> dict:
+    env = dict(os.environ, PYTHONPATH=str(root), OMP_WAIT_POLICY=os.environ.get("OMP_WAIT_POLICY", "PASSIVE"))
+    try:
+        out = subprocess.run([sys.executable, "-c", CHILD, json.dumps(cfg)], capture_output=True, text=True,
+                             timeout=TIMEOUT_S, env=env, cwd=root)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timeout after {TIMEOUT_S} s"}
+    if out.returncode != 0:
+        return {"error": out.stderr.strip().splitlines()[-1][:200] if out.stderr.strip() else f"exit {out.returncode}"}
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def counts_key(res: dict) -> list:
+    return sorted((c.get("layer"), c.get("order"), c.get("n_found"), c.get("n_critical"), c.get("n_first_order"))
+                  for c in res.get("counts") or [])
+
+
+def baseline_tree():
+    """A temporary detached worktree at BASELINE (None when git or the commit is not there)."""
+    tmp = tempfile.mkdtemp(prefix="permsym-baseline-")
+    ok = subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", tmp, BASELINE],
+                        capture_output=True, text=True)
+    return Path(tmp) if ok.returncode == 0 else None
+
+
+def remove_tree(path: Path) -> None:
+    subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(path)], capture_output=True)
+
+
+def plot(rows: list[dict]) -> None:
+    from tracking.figures import new_figure
+
+    fig = new_figure(6, 3.8)
+    ax = fig.subplots()
+    for depth, marker in ((1, "o"), (2, "s")):
+        for method, ls in (("permsym (this code)", "-"), (f"baseline {BASELINE}", "--")):
+            pts = sorted((r["width"], r["seconds"]) for r in rows
+                         if r.get("depth") == depth and r["method"] == method and r.get("seconds"))
+            if pts:
+                ax.plot(*zip(*pts), marker=marker, ls=ls, label=f"{depth} hidden layer{'s' * (depth > 1)}, {method}")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("hidden width (every layer)")
+    ax.set_ylabel("run_trial seconds")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7)
+    ax.set_title("Trial cost against width (toy task, sigmoid, every pair, K = 1)", fontsize=9)
+    fig.savefig(ROOT / "docs" / "trial_cost_vs_width.png", dpi=120)
+
+
+def run(quick: bool = False) -> list[dict]:
+    cases = [(1, w) for w in (ONE[:3] if quick else ONE)] + [(2, w) for w in (TWO[:2] if quick else TWO)]
+    rows, base_tree = [], None if quick else baseline_tree()
+    try:
+        for depth, w in cases:
+            cfg = config((w,) * depth)
+            res = run_one(cfg, ROOT)
+            row = dict(benchmark="trial_width", case=f"toy {'x'.join([str(w)] * depth)} sigmoid seed 1",
+                       P=res.get("P"), threads=os.cpu_count(), method="permsym (this code)", depth=depth, width=w,
+                       seconds=res.get("seconds"), note=res.get("error"))
+            rows.append(row)
+            if base_tree is not None and w in BASELINE_WIDTHS[depth]:
+                b = run_one(cfg, base_tree)
+                rows.append(dict(row, method=f"baseline {BASELINE}", seconds=b.get("seconds"), note=b.get("error")))
+                if b.get("seconds") and res.get("seconds"):
+                    row.update(ratio=b["seconds"] / res["seconds"], baseline=f"{BASELINE} (sequential engine)",
+                               agreement="counts equal" if counts_key(b) == counts_key(res) else
+                               f"counts differ: {counts_key(res)} vs {counts_key(b)}")
+        if not quick:
+            res = run_one(DEEP, ROOT)
+            rows.append(dict(benchmark="trial_width", case="teacher [5, 5, 5] softplus, every pair", P=res.get("P"),
+                             threads=os.cpu_count(), method="permsym (this code)", depth=3, width=5,
+                             seconds=res.get("seconds"), note=res.get("error")))
+    finally:
+        if base_tree is not None:
+            remove_tree(base_tree)
+    plot(rows)
+    return rows
+
+
+def targets(rows: list[dict]) -> list[str]:
+    def sec(depth, w):
+        return next((r["seconds"] for r in rows if r.get("depth") == depth and r.get("width") == w
+                     and r["method"].startswith("permsym") and r.get("seconds")), None)
+
+    out = []
+    for w, limit in ((4, 1.5), (6, 4.0), (10, 15.0), (20, 120.0)):
+        s = sec(1, w)
+        out.append(f"not measured: width {w} <= {limit:g} s" if s is None else
+                   f"{'MET' if s <= limit else 'NOT MET'}: toy width {w} <= {limit:g} s: {s:.1f} s")
+    a, b = sec(1, 4), sec(1, 10)
+    if a and b:
+        out.append(f"{'MET' if b / a <= 10 else 'NOT MET'}: cost from width 4 to 10 grows at most 10x: {b / a:.1f}x")
+    s = sec(3, 5)
+    if s is not None:
+        out.append(f"{'MET' if s <= 60 else 'NOT MET'}: three-hidden-layer teacher [5, 5, 5], every pair, <= 60 s: "
+                   f"{s:.1f} s")
+    return out
