@@ -186,6 +186,19 @@ def run_case(case: Case) -> list[dict]:
                      note=f"|g| {fmt_g(te.grad_inf)}, {te.stop_reason}; {te.iterations['second_order']} iterations"
                           + ("" if te.converged else f"; stopped at its {limit:.0f} s limit"),
                      converged=te.converged, grad_inf=te.grad_inf))
+    # 3. matrix-free finishes (what "auto" runs above the dense threshold), from the same warm-up point
+    t_lb, lb = timed(lambda: minimise(L, warm, grad_tol=TOL, warmup=False, method="lbfgs"), max_repeats=1)
+    t_kr, kr = timed(lambda: minimise(L, warm, grad_tol=TOL, warmup=False, method="lbfgs+krylov"), max_repeats=1)
+    rows.append(dict(base, method="L-BFGS + Krylov trust region (matrix-free)", seconds=t_kr,
+                     ratio=t_lb / t_kr if (lb.converged and kr.converged) else None, baseline="L-BFGS alone",
+                     agreement=(f"ours {'reached' if kr.converged else 'missed'}, L-BFGS "
+                                f"{'reached' if lb.converged else 'missed'} 1e-10; {loss_agreement(kr.loss, tr.loss)} "
+                                f"against the dense trust region"),
+                     note=f"|g| {fmt_g(kr.grad_inf)}, {kr.stop_reason}; {kr.iterations['second_order']} iterations, "
+                          f"{kr.info.get('hvps', 0)} HVPs", converged=kr.converged, grad_inf=kr.grad_inf))
+    rows.append(dict(base, method="L-BFGS alone", seconds=t_lb,
+                     note=f"|g| {fmt_g(lb.grad_inf)}, {lb.stop_reason}; {lb.iterations['second_order']} iterations",
+                     converged=lb.converged, grad_inf=lb.grad_inf))
     return rows
 
 
@@ -211,7 +224,28 @@ def run(quick: bool = False) -> list[dict]:
     rows = []
     for case in cases(quick):
         rows += run_case(case)
-    return rows
+    return rows + ([] if quick else matrix_free_rows())
+
+
+def matrix_free_rows(max_iter: int = 400) -> list[dict]:
+    """The case where L-BFGS does not certify within max_iter: toy 2-6-1, seed 0, from its initial point
+    (tests/test_minimize.py checks the same): L-BFGS alone against "auto" above a dense threshold of 10."""
+    L, theta0 = Case("toy 2-6-1", "toy", 6).landscape()
+    base = dict(benchmark="minimise", case=f"toy 2-6-1, max_iter {max_iter}", P=L.n_params,
+                threads=torch.get_num_threads())
+    t_lb, lb = timed(lambda: minimise(L, theta0, grad_tol=TOL, max_iter=max_iter, method="lbfgs"), max_repeats=1)
+    t_kr, kr = timed(lambda: minimise(L, theta0, grad_tol=TOL, max_iter=max_iter, dense_max_params=10),
+                     max_repeats=1)
+    dense = minimise(L, theta0, grad_tol=TOL, max_iter=max_iter)
+    return [dict(base, method="L-BFGS + Krylov trust region (matrix-free)", seconds=t_kr, baseline="L-BFGS alone",
+                 agreement=(f"ours {'reached' if kr.converged else 'missed'}, L-BFGS "
+                            f"{'reached' if lb.converged else 'missed'} 1e-10; {loss_agreement(kr.loss, dense.loss)} "
+                            f"against the dense trust region"),
+                 note=f"|g| {fmt_g(kr.grad_inf)}, {kr.stop_reason}; {kr.iterations['second_order']} iterations, "
+                      f"{kr.info.get('hvps', 0)} HVPs", converged=kr.converged, grad_inf=kr.grad_inf),
+            dict(base, method="L-BFGS alone", seconds=t_lb,
+                 note=f"|g| {fmt_g(lb.grad_inf)}, {lb.stop_reason}; {lb.iterations['second_order']} iterations",
+                 converged=lb.converged, grad_inf=lb.grad_inf)]
 
 
 def targets(rows: list[dict]) -> list[str]:
@@ -226,4 +260,11 @@ def targets(rows: list[dict]) -> list[str]:
     out.append("Trust region (structured H) vs scipy trust-exact + torch.func Hessian from the warm-up point: "
                + ", ".join(f"{r['case']}: " + (f"{r['ratio']:.1f}x" if r.get("ratio") else "baseline missed 1e-10")
                            for r in tr) + ".")
+    mf = [r for r in rows if r["method"].startswith("L-BFGS + Krylov")]
+    lb = {r["case"]: r for r in rows if r["method"] == "L-BFGS alone"}
+    if mf:
+        out.append("Matrix-free finish (issue 12: certifies where L-BFGS does not): " + "; ".join(
+            f"{r['case']}: L-BFGS + Krylov {'reached' if r['converged'] else 'missed'} 1e-10 "
+            f"(|g| {fmt_g(r['grad_inf'])}), L-BFGS alone {'reached' if lb[r['case']]['converged'] else 'missed'} it "
+            f"(|g| {fmt_g(lb[r['case']]['grad_inf'])})" for r in mf) + ".")
     return out

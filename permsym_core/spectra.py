@@ -263,13 +263,11 @@ def analyse(H, grad_inf: float, tau: float | None = None, hessian_shift: float |
 
 
 def _dense_fits(P: int, device, max_dense_P: int | None) -> bool:
-    """The single place that decides dense vs Lanczos: max_dense_P when given, else the memory estimate of
-    permsym_core.hessian.dense_fits on the landscape's device."""
-    if max_dense_P is not None:
-        return P <= max_dense_P
+    """The single place that decides dense vs Lanczos: the memory estimate of permsym_core.hessian.dense_fits on
+    the landscape's device, lowered to max_dense_P when given (a larger max_dense_P never forces an OOM)."""
     from .hessian import dense_fits
 
-    return bool(dense_fits(P, device))
+    return (max_dense_P is None or P <= max_dense_P) and bool(dense_fits(P, device))
 
 
 def lanczos_lowest(landscape, theta, k: int, which: str = "SA", tol: float = 0.0, maxiter: int | None = None

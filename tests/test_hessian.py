@@ -151,6 +151,7 @@ def test_memory_estimates():
 def test_structured_hessian_and_hvp_match_curvlinops():
     """An external library as the oracle: curvlinops' HessianLinearOperator on the same two-hidden-layer
     softplus net (dense H @ I and one matrix-vector product) equals the structured Hessian and Landscape.hvp."""
+    pytest.importorskip("curvlinops")
     from benchmarks.hessian import curvlinops_operator
 
     gen = torch.Generator().manual_seed(3)

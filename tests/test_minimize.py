@@ -137,7 +137,7 @@ def test_trust_region_subproblem_is_the_global_minimiser():
     eigenvector) problems over six decades of curvature."""
     import numpy as np
 
-    from permsym_core.minimize import _tr_subproblem
+    from permsym_core.trust_region import subproblem as _tr_subproblem
 
     rng = np.random.default_rng(0)
     for trial in range(600):
@@ -192,3 +192,18 @@ def test_matrix_free_finish_certifies_where_lbfgs_does_not():
     dense = minimise(L, th0, max_iter=400)
     assert dense.method == "trust-region" and dense.converged
     assert chain.loss == pytest.approx(dense.loss, rel=1e-9)
+
+
+def test_subproblem_treats_curvature_below_tau_as_flat():
+    """With tau, an eigenvalue of size below it counts as exactly zero: a tiny negative one (eigh's round-off on
+    an exact symmetry) is never followed to the boundary, while one above tau is."""
+    import numpy as np
+
+    from permsym_core.trust_region import subproblem
+
+    lam = np.array([-1e-14, 1.0, 2.0])
+    g = np.array([0.0, 1.0, -2.0])
+    c, _ = subproblem(lam, g, delta=10.0, tau=1e-12)
+    np.testing.assert_allclose(c, [0.0, -1.0, 1.0], atol=1e-15)      # the Newton step on the rest, c_0 = 0
+    c, _ = subproblem(np.array([-1e-3, 1.0, 2.0]), g, delta=10.0, tau=1e-12)
+    assert abs(np.linalg.norm(c) - 10.0) < 1e-9 and abs(c[0]) > 9.0   # a real negative curvature: the boundary
