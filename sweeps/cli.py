@@ -199,6 +199,8 @@ def sweep_cmd(spec_file, address, tracking_uri, results_dir, resume, max_concurr
     try:
         summary = run_sweep(spec, address=address, tracking_uri=tracking_uri, results_dir=results_dir,
                             resume=resume, progress=not quiet, max_concurrent=max_concurrent)
+    except SpecError as e:                     # checks that need the machine, the cluster or the stored study
+        raise SpecUsageError(str(e)) from None
     except TrackingUnavailable as e:
         raise click.ClickException(str(e)) from None
     except KeyboardInterrupt:
@@ -207,9 +209,13 @@ def sweep_cmd(spec_file, address, tracking_uri, results_dir, resume, max_concurr
         sys.exit(130)
     if quiet:
         click.echo(format_summary(summary))
-    if summary.get("interrupted"):
+    if summary.interrupted:
         sys.exit(130)
-    sys.exit(1 if summary.get("errored") else 0)
+    if summary.failed or summary.errored:
+        click.echo(f"sweep {summary.sweep}: {summary.failed} trial(s) failed, {summary.errored} errored "
+                   "(see failure_reason on their runs)", err=True)
+        sys.exit(1)
+    sys.exit(0)
 
 
 @main.command("sync")

@@ -37,13 +37,13 @@ from pydantic_core import PydanticCustomError
 
 from permsym_core.activations import ACTIVATIONS
 from permsym_core.config import TASKS, ConfigError, TrialConfig
+from tracking.metrics import TRIAL_METRICS
 
 ActivationName = Literal[tuple(sorted(ACTIVATIONS))]  # type: ignore[valid-type]
 TaskName = Literal[TASKS]  # type: ignore[valid-type]
 
-#: Scalars a trial reports to Tune (and Optuna may optimise); see sweeps.runner.trial_metrics.
-METRICS = ("frac_first_order", "frac_saddle", "n_points", "n_critical", "n_saddle", "n_first_order",
-           "min_loss", "min_grad_inf", "converged", "trial_time_s", "log10_critical", "log10_first_order")
+#: Scalars a trial reports to Tune (and Optuna may optimise); defined once in tracking.metrics.trial_metrics.
+METRICS = TRIAL_METRICS
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 #: The experiment name becomes a folder of the artifact root: no '..', no '/' or '\\'.
