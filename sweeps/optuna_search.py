@@ -142,6 +142,11 @@ def make_sampler(spec: SweepSpec, space: dict[str, Param]):
     if s == "tpe":
         return optuna.samplers.TPESampler(seed=seed)
     if s == "cmaes":
+        try:
+            import cmaes  # noqa: F401  (what optuna's CmaEsSampler runs on)
+        except ImportError:
+            raise SpecError("search.sampler: 'cmaes' needs the cmaes package (pip install cmaes), which is not "
+                            "installed") from None
         # categorical options are sampled independently by design: no warning per trial for them
         return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
     if s == "random":

@@ -98,20 +98,22 @@ def run_sweep(spec, *, address: str | None = None, tracking_uri: str | None = No
         os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
 
     planned = plan(spec)
+    study = storage = None
+    space = osearch.search_space(spec) if spec.search.kind == "optuna" else {}
+    if spec.search.kind == "optuna":                  # a SpecError here comes before any store is written
+        osearch.make_sampler(spec, space)
+        storage = osearch.storage_for(results, tracking_uri, spec.max_failures)
+        already, study = osearch.open_study(spec, storage, space)
     with runs.guard(tracking_uri):                   # a dead server: TrackingUnavailable, one line in the CLI
         exp_id = prepare_store(tracking_uri, spec.experiment_name)
     store = SweepStore(tracking_uri, exp_id, spec.name)
     owner = Owner.this_process()
     done_before = store.finished_keys()
 
-    study = storage = None
-    space = osearch.search_space(spec) if spec.search.kind == "optuna" else {}
     if spec.search.kind == "grid":
         pending = [t for t in planned if t.key not in done_before]
         n_planned, already = len(planned), len(planned) - len(pending)
     else:
-        storage = osearch.storage_for(results, tracking_uri, spec.max_failures)
-        already, study = osearch.open_study(spec, storage, space)      # SpecError before anything starts
         n_planned = spec.search.n_trials or osearch.space_size(space)
         pending = []
     n_to_run = len(pending) if spec.search.kind == "grid" else max(0, n_planned - already)
