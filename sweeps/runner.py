@@ -11,6 +11,7 @@ with a study persisted beside the MLflow store). The pieces live apart: `sweeps.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import socket
 import sys
@@ -52,12 +53,17 @@ def check_before_start(spec: SweepSpec, address: str | None) -> None:
 
 
 def _collect(summary: SweepSummary, results_grid, elsewhere: set[str]) -> None:
+    from tracking import spool
+
     for r in results_grid:
         m = r.metrics or {}
         if r.error is not None and not m.get("status"):
             summary.errored += 1
             continue
         st = m.get("status")
+        if m.get("spool_payload"):          # a record the worker could not log: kept by the driver
+            with contextlib.suppress(Exception):
+                spool.write_payload(summary.results_dir, json.loads(m["spool_payload"]))
         if st in ("finished", "spooled"):
             summary.finished += 1
             summary.spooled += st == "spooled"
@@ -177,12 +183,13 @@ def run_sweep(spec, *, address: str | None = None, tracking_uri: str | None = No
                 ray.shutdown()
             with contextlib.suppress(Exception):          # what a worker opened while Ray was going down
                 store.close_orphans(owner)
+        _sync_spool(summary, results)
         summary.wall_s = time.time() - t_start
         if spec.search.kind == "grid":
             with contextlib.suppress(Exception):
                 left = {t.key for t in planned} - store.finished_keys()
                 summary.missing = len(left)
-                lost = left - elsewhere
+                lost = left - elsewhere - set(summary.pending_keys)
                 summary.interrupted = interrupted or (bool(lost) and summary.errored == 0
                                                       and summary.failed < len(lost))
         else:
@@ -193,6 +200,19 @@ def run_sweep(spec, *, address: str | None = None, tracking_uri: str | None = No
         if progress:
             print(format_summary(summary), file=out, flush=True)
     return summary
+
+
+def _sync_spool(summary: SweepSummary, results: Path) -> None:
+    """Log what was spooled during the sweep if the server is back; say what is still pending."""
+    from tracking import spool
+
+    if not spool.spooled(results):
+        return
+    with contextlib.suppress(Exception):
+        summary.synced = spool.sync(results)
+    left = spool.spooled(results)
+    summary.pending_keys = sorted(p.stem for p in left)
+    summary.pending = len(left)
 
 
 def _fit(spec: SweepSpec, ctx: SweepContext, pending: list[PlannedTrial], n_to_run: int, results: Path,

@@ -69,6 +69,9 @@ class SweepSummary(_ByName):
     skipped: int = 0
     elsewhere: int = 0                       # keys held by another live driver's run (not run here)
     spooled: int = 0
+    synced: int = 0                          # spooled records logged by the driver once the server was back
+    pending: int = 0                         # spooled records still waiting for the server
+    pending_keys: list[str] = field(default_factory=list)
     missing: int = 0
     interrupted: bool = False
     wall_s: float = 0.0
@@ -84,6 +87,14 @@ def ui_command(summary: SweepSummary) -> str:
     if uri.startswith(("http://", "https://")):
         return f"open {uri} in a browser"
     return f"permsym ui --results {summary.results_dir}"
+
+
+def sync_command(summary: SweepSummary) -> str:
+    """The exact command that logs the sweep's spooled records."""
+    import shlex
+
+    return (f"permsym sync --results {shlex.quote(summary.results_dir)} "
+            f"--tracking-uri {shlex.quote(summary.tracking_uri)}")
 
 
 def _n(x) -> str:
@@ -110,9 +121,13 @@ def format_summary(summary: SweepSummary) -> str:
         f"sweep {summary.sweep}: {summary.planned} planned, {summary.already_finished} already finished, "
         f"{summary.finished} finished now, {summary.failed} failed, {summary.errored} errored"
         + (f", {summary.elsewhere} held by another driver" if summary.elsewhere else "")
-        + (f", {summary.spooled} spooled (run `permsym sync`)" if summary.spooled else "")
+        + (f", {summary.spooled} spooled" if summary.spooled else "")
+        + (f" ({summary.synced} logged since)" if summary.synced else "")
         + (f", {summary.missing} still missing" if summary.missing else "")
         + f"; {summary.wall_s:.1f} s{per}")
+    if summary.pending:
+        lines.append(f"{summary.pending} record(s) pending in {summary.results_dir}/spool (the tracking server "
+                     f"was unreachable); once it is back: {sync_command(summary)}")
     if summary.interrupted:
         lines.append("interrupted: relaunch with --resume to finish the missing trials")
     lines.append(f"browse the runs: {ui_command(summary)}")

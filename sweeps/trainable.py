@@ -8,6 +8,7 @@ its run is tagged with where it runs and, throttled, its phase, a heartbeat thre
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import socket
 import threading
@@ -119,13 +120,23 @@ def sweep_trainable(config: dict, ctx: SweepContext) -> None:
     meta = {"experiment_id": store.experiment_id, "parent_run_id": ctx.parent_run_id, "sweep": store.sweep,
             "config": options, "tracking_uri": store.tracking_uri, "attempt": attempt, "run_id": run_id}
 
+    def keep(record, meta_: dict) -> dict:
+        """Spool: on this worker's disk (best effort) and back to the driver in the Tune result, which
+        writes it under the sweep's results folder (a remote node's disk is not where `sync` looks)."""
+        payload = spool.payload_of(key, record, meta_)
+        with contextlib.suppress(OSError):
+            spool.write_payload(ctx.results_dir, payload)
+        return {"spool_payload": json.dumps(payload, default=str)}
+
+    spooled: dict = {}
+
     def fail(reason: str) -> None:
         try:
             if run_id is None:
                 raise runs.TrackingUnavailable("no run")
             store.fail(run_id, reason)
         except runs.TrackingUnavailable:
-            spool.spool_record(ctx.results_dir, key, None, {**meta, "fail_reason": reason})
+            spooled.update(keep(None, {**meta, "fail_reason": reason}))
 
     with heartbeat(ctx, run_id):
         try:
@@ -139,7 +150,7 @@ def sweep_trainable(config: dict, ctx: SweepContext) -> None:
     if outcome[0] != "ok":
         reason = outcome[1]
         fail(reason)
-        _report(nan_metrics(), "failed", key, t0, {**extra, "failure": reason})
+        _report(nan_metrics(), "failed", key, t0, {**extra, "failure": reason, **spooled})
         return
     record = outcome[1]
     record["worker"] = worker
@@ -159,6 +170,6 @@ def sweep_trainable(config: dict, ctx: SweepContext) -> None:
                 store.finish(again.run_id, record)
                 status = "finished"
     except runs.TrackingUnavailable:
-        spool.spool_record(ctx.results_dir, key, record, meta)
+        spooled.update(keep(record, meta))
         status = "spooled"
-    _report(trial_metrics(record), status, key, t0, {**extra, "failure": record.get("failure") or ""})
+    _report(trial_metrics(record), status, key, t0, {**extra, "failure": record.get("failure") or "", **spooled})
