@@ -125,7 +125,7 @@ def test_two_drivers_on_one_sweep_one_finished_run_per_key(tmp_path):
     from tracking.store import results_uri
 
     spec = {"name": "two", "task": "toy", "resources": {"cpus": 1}, "max_concurrent": 1,
-            "grid": {"widths": [[3]], "seeds": list(range(3)), "adam_steps": 200, "path_relax": False,
+            "grid": {"widths": [[3]], "seeds": list(range(6)), "adam_steps": 200, "path_relax": False,
                      "gamma_scan": False, "path_points": 5}}
     f = tmp_path / "two.yaml"
     f.write_text(yaml.safe_dump(spec))
