@@ -89,7 +89,7 @@ def breakdown(summary: dict) -> dict | None:
         from tracking import runs
 
         uri, exp = summary["tracking_uri"], summary["experiment_id"]
-        found = runs.search_all(uri, [exp], runs._trial_filter(summary["sweep"], "attributes.status = 'FINISHED'"))
+        found = runs.search_all(uri, [exp], runs.trial_filter(summary["sweep"], "attributes.status = 'FINISHED'"))
         walls = {t["trial_key"]: t.get("wall_s") for t in summary.get("trials") or []}
         total = before = after = 0.0
         for r in found:

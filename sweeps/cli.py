@@ -195,10 +195,13 @@ def sweep_cmd(spec_file, address, tracking_uri, results_dir, resume, max_concurr
             raise click.ClickException(str(e)) from None
         return
     from sweeps.runner import format_summary, run_sweep
+    from sweeps.summary import sync_command
 
     try:
         summary = run_sweep(spec, address=address, tracking_uri=tracking_uri, results_dir=results_dir,
                             resume=resume, progress=not quiet, max_concurrent=max_concurrent)
+    except SpecError as e:                     # checks that need the machine, the cluster or the stored study
+        raise SpecUsageError(str(e)) from None
     except TrackingUnavailable as e:
         raise click.ClickException(str(e)) from None
     except KeyboardInterrupt:
@@ -207,29 +210,50 @@ def sweep_cmd(spec_file, address, tracking_uri, results_dir, resume, max_concurr
         sys.exit(130)
     if quiet:
         click.echo(format_summary(summary))
-    if summary.get("interrupted"):
+    if summary.interrupted:
         sys.exit(130)
-    sys.exit(1 if summary.get("errored") else 0)
+    if summary.pending:
+        click.echo(f"sweep {summary.sweep}: {summary.pending} record(s) pending in the spool; run: "
+                   f"{sync_command(summary)}", err=True)
+        sys.exit(3)
+    if summary.failed or summary.errored:
+        click.echo(f"sweep {summary.sweep}: {summary.failed} trial(s) failed, {summary.errored} errored "
+                   "(see failure_reason on their runs)", err=True)
+        sys.exit(1)
+    sys.exit(0)
 
 
 @main.command("sync")
 @click.option("--results", "results_dir", default="./permsym-results", show_default=True,
               type=click.Path(file_okay=False), help="The results folder holding the spool.")
 @click.option("--tracking-uri", default=None, envvar="MLFLOW_TRACKING_URI", show_envvar=True,
-              help="Where to log the spooled records (default: sqlite:///<results>/mlflow.db).")
+              help="Where to log the spooled records (default: the URI recorded with each record, else "
+                   "sqlite:///<results>/mlflow.db).")
 def sync_cmd(results_dir, tracking_uri) -> None:
-    """Log the trial records spooled while the tracking server was unreachable."""
+    """Log the trial records spooled while the tracking server was unreachable (to the tracking URI each
+    record was meant for, unless --tracking-uri says another)."""
+    import sys
+
     from tracking import spool
     from tracking.runs import TrackingUnavailable
-    from tracking.store import clean_uri, results_uri
+    from tracking.store import clean_uri, redact_uri, results_uri
 
-    uri = clean_uri(tracking_uri or results_uri(results_dir))
+    recorded = sorted(spool.spooled_uris(results_dir))
+    if tracking_uri:
+        uri = clean_uri(tracking_uri)
+    elif recorded:
+        uri = None                             # each record goes where its sweep was logging
+    else:
+        uri = results_uri(results_dir)
     try:
         n = spool.sync(results_dir, uri)
     except TrackingUnavailable as e:
         raise click.ClickException(str(e)) from None
     left = len(spool.spooled(results_dir))
-    click.echo(f"logged {n} spooled record(s) to {uri}; {left} left in the spool")
+    where = uri or ", ".join(redact_uri(u) for u in recorded)
+    click.echo(f"logged {n} spooled record(s) to {where}; {left} left in the spool")
+    if left:
+        sys.exit(1)
 
 
 # --- permsym results / report --------------------------------------------------------------------

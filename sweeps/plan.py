@@ -45,18 +45,3 @@ def plan(spec) -> list[PlannedTrial]:
             seen.add(t.key)
             out.append(t)
     return out
-
-
-def optuna_space(spec) -> dict[str, list]:
-    """The search space of an Optuna sweep: the grid's dimensions with more than one value, as lists of
-    choices; Optuna samples an index into each (its categorical values must be scalars)."""
-    return {name: values for name, values in spec.grid.dimensions().items() if len(values) > 1}
-
-
-def options_from_choice(spec, choice: dict[str, int]) -> dict:
-    """The trial options for an Optuna sample {field: index}."""
-    dims = spec.grid.dimensions()
-    d = {"task": spec.task, "task_options": dict(spec.task_options)}
-    for name, values in dims.items():
-        d[name] = values[int(choice[name])] if len(values) > 1 else values[0]
-    return d

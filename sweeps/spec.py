@@ -10,7 +10,8 @@ grid:                           # every combination of the lists below is one tr
                                 # a bare integer n stands for [n]
   activations: [sigmoid, g]
   seeds: [0, 1]
-  orders: [1]                   # the orders K of ONE trial; a list of lists makes it a grid dimension
+  orders: [[1]]                 # the orders K of each trial: [[1, 2]] both in every trial, [[1], [2]] a
+                                # grid over them; a flat list of several ([1, 2]) is ambiguous and rejected
   pairs: all
   adam_steps: 3000              # any other trial option: a scalar or a list of values
 search: {kind: grid}            # or {kind: optuna, sampler: tpe, n_trials: 20, metric: frac_first_order, mode: max}
@@ -37,13 +38,13 @@ from pydantic_core import PydanticCustomError
 
 from permsym_core.activations import ACTIVATIONS
 from permsym_core.config import TASKS, ConfigError, TrialConfig
+from tracking.metrics import TRIAL_METRICS
 
 ActivationName = Literal[tuple(sorted(ACTIVATIONS))]  # type: ignore[valid-type]
 TaskName = Literal[TASKS]  # type: ignore[valid-type]
 
-#: Scalars a trial reports to Tune (and Optuna may optimise); see sweeps.runner.trial_metrics.
-METRICS = ("frac_first_order", "frac_saddle", "n_points", "n_critical", "n_saddle", "n_first_order",
-           "min_loss", "min_grad_inf", "converged", "trial_time_s", "log10_critical", "log10_first_order")
+#: Scalars a trial reports to Tune (and Optuna may optimise); defined once in tracking.metrics.trial_metrics.
+METRICS = TRIAL_METRICS
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 #: The experiment name becomes a folder of the artifact root: no '..', no '/' or '\\'.
@@ -71,8 +72,13 @@ def _widths_list(v: Any) -> Any:
 def _orders_list(v: Any) -> Any:
     if isinstance(v, int) and not isinstance(v, bool):
         return [[v]]
-    if isinstance(v, list) and v and all(isinstance(x, int) and not isinstance(x, bool) for x in v):
-        return [v]                      # one trial option: the orders K of every trial
+    if isinstance(v, list) and len(v) == 1 and isinstance(v[0], int) and not isinstance(v[0], bool):
+        return [v]                      # [1]: the one order of every trial
+    if isinstance(v, list) and len(v) > 1 and all(isinstance(x, int) and not isinstance(x, bool) for x in v):
+        # [1, 2] could mean the orders of every trial or a grid over them: rejected, not guessed
+        raise PydanticCustomError("permsym", "grid.orders: ambiguous {got}; expected {one} (these orders in every "
+                                  "trial) or {grid} (one trial per order)",
+                                  {"got": repr(v), "one": repr([v]), "grid": repr([[x] for x in v])})
     return v
 
 

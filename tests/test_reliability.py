@@ -415,7 +415,7 @@ def test_nothing_disables_ray_token_auth():
                     hits.append(f"{name}: {line.strip()}")
     assert not hits, hits
     # the embedded Ray starts without a dashboard; the cluster config keeps token auth on
-    assert 'include_dashboard=False' in (ROOT / "sweeps" / "runner.py").read_text()
+    assert 'include_dashboard=False' in (ROOT / "sweeps" / "ray_start.py").read_text()
     assert "RAY_AUTH_MODE=token" in (ROOT / "ray_cluster.yaml").read_text()
 
 

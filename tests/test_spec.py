@@ -83,7 +83,12 @@ def test_plan_is_deterministic_and_keys_match_trial_config():
 
 
 def test_orders_list_is_one_trial_option_and_list_of_lists_a_dimension():
-    one = plan(load_spec({"name": "o", "grid": {"widths": [[5]], "orders": [1, 2]}}))
+    one = plan(load_spec({"name": "o", "grid": {"widths": [[5]], "orders": [[1, 2]]}}))
     assert len(one) == 1 and one[0].config["orders"] == [1, 2]
+    assert plan(load_spec({"name": "o", "grid": {"widths": [[5]], "orders": [2]}}))[0].config["orders"] == [2]
+    # a flat list of several orders is ambiguous (every trial's orders, or a grid over them?): rejected
+    with pytest.raises(SpecError, match=r"^grid.orders: ambiguous \[1, 2\]; expected \[\[1, 2\]\] .* or "
+                                        r"\[\[1\], \[2\]\]"):
+        load_spec({"name": "o", "grid": {"widths": [[5]], "orders": [1, 2]}})
     two = plan(load_spec({"name": "o", "grid": {"widths": [[5]], "orders": [[1], [1, 2]]}}))
     assert [t.config["orders"] for t in two] == [[1], [1, 2]]

@@ -16,16 +16,15 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
-import re
-import subprocess
 import tempfile
 import time
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable
 
+from .metrics import COUNT_FIELDS, count_prefix, record_converged, record_metrics  # noqa: F401  (re-exported)
+from .record import (_one_line, as_record, code_version, failure_reason, flatten_config,  # noqa: F401
+                     points_frame, points_table_json, run_name_for)
 from .store import is_http, redact_uri
 
 PARENT_ROLE = "parent"
@@ -135,181 +134,6 @@ def search_all(tracking_uri: str, experiment_ids: Iterable[str], filter_string: 
             return out
 
 
-# --- what gets logged --------------------------------------------------------------------------------
-
-@lru_cache(maxsize=1)
-def code_version() -> str:
-    """The git commit of the checkout permsym runs from, else the installed package version."""
-    here = Path(__file__).resolve().parent.parent
-    try:
-        sha = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True,
-                             timeout=5).stdout.strip()
-        if re.fullmatch(r"[0-9a-f]{40}", sha):
-            dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
-                                   capture_output=True, text=True, timeout=5).stdout.strip()
-            return sha[:12] + ("-dirty" if dirty else "")
-    except Exception:
-        pass
-    try:
-        from importlib.metadata import version
-
-        return "permsym-" + version("permsym")
-    except Exception:
-        return "unknown"
-
-
-def _param_value(v: Any) -> str:
-    if isinstance(v, (list, tuple)):
-        return ",".join(_param_value(x) for x in v)
-    if v is None:
-        return "None"
-    return str(v)
-
-
-def flatten_config(config: dict, prefix: str = "") -> dict[str, str]:
-    """Config -> MLflow params: nested mappings become dotted keys, lists "4,3" (readable in the UI)."""
-    out: dict[str, str] = {}
-    for k, v in config.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            if v:
-                out.update(flatten_config(v, key + "."))
-            else:
-                out[key] = "{}"
-        else:
-            out[key] = _param_value(v)[:6000]
-    return out
-
-
-def as_record(record: Any) -> dict:
-    """Accept the record as a dict, or an object with to_dict() / a dataclass (TrialResult)."""
-    if isinstance(record, dict):
-        return record
-    if hasattr(record, "to_dict"):
-        return record.to_dict()
-    import dataclasses
-
-    if dataclasses.is_dataclass(record):
-        return dataclasses.asdict(record)
-    raise TypeError(f"trial record: expected a dict, got {type(record).__name__}")
-
-
-def record_converged(record: dict) -> bool:
-    return bool((record.get("minimum") or {}).get("converged")) and not record.get("failure")
-
-
-def failure_reason(record: dict) -> str | None:
-    if record.get("failure"):
-        return _one_line(str(record["failure"]))
-    if not record_converged(record):
-        m = record.get("minimum") or {}
-        return _one_line(f"minimum did not converge (|grad|_inf={m.get('grad_inf')})")
-    return None
-
-
-def _one_line(s: str, limit: int = 500) -> str:
-    s = " ".join(str(s).split())
-    return s[:limit]
-
-
-def _finite(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
-def count_prefix(layer, order) -> str:
-    return f"L{int(layer)}_K{int(order)}_"
-
-
-COUNT_FIELDS = ("log10_bound", "n_found", "n_critical", "n_saddle", "n_first_order", "log10_critical",
-                "log10_saddle", "log10_first_order", "n_pair_sets", "n_not_converged", "n_channel", "n_reduced",
-                "n_reduced_irreducible", "n_reducible", "n_undetermined", "n_uncertified", "n_ambiguous",
-                "n_points_reducible")
-
-
-def record_metrics(record: dict) -> dict[str, float]:
-    """The trial's scalars as MLflow metrics (non-finite and missing values are left out).
-
-    minimum_{loss,grad_inf,index,n_zero}, minimum_channel (1/0: the minimisation ended along a channel to
-    infinity), minimum_certified (1/0: a converged trial whose theta* is a certified minimum), n_params, log10_minima, n_points, n_reduced, converged (1/0),
-    arch_depth (number of hidden layers), arch_width_{min,max,sum}, time_<phase>, L<k>_barrier (highest
-    path barrier of layer k) and, for converged trials only, the counts per layer and order
-    L<k>_K<K>_{log10_bound, n_found, n_critical, n_saddle, n_first_order, log10_critical, log10_saddle,
-    log10_first_order, frac_first_order, n_pair_sets, n_not_converged, n_reduced, n_reduced_irreducible,
-    n_reducible, n_undetermined, n_uncertified, n_ambiguous, n_points_reducible} (permsym_core.counting: counts of irreducible
-    points only; saddles certified by escape). Unconverged trials log no counts: they count nowhere.
-    """
-    m: dict[str, float] = {}
-    mini = record.get("minimum") or {}
-    for k in ("loss", "grad_inf", "index", "n_zero"):
-        m[f"minimum_{k}"] = mini.get(k)
-    m["n_params"] = mini.get("n_params")
-    m["log10_minima"] = record.get("log10_minima")
-    m["n_points"] = len(record.get("points") or [])
-    m["n_reduced"] = len(record.get("reduced") or [])
-    conv = record_converged(record)
-    m["converged"] = 1.0 if conv else 0.0
-    m["minimum_channel"] = 1.0 if mini.get("stop_reason") == "channel" else 0.0
-    m["minimum_certified"] = 1.0 if (conv and mini.get("is_minimum")) else 0.0
-    widths = [int(w) for w in (record.get("config") or {}).get("widths") or []]
-    if widths:
-        m["arch_depth"] = len(widths)
-        m["arch_width_min"] = min(widths)
-        m["arch_width_max"] = max(widths)
-        m["arch_width_sum"] = sum(widths)
-    for phase, t in (record.get("timings") or {}).items():
-        m[f"time_{phase}"] = t
-    for p in record.get("paths") or []:
-        key = f"L{int(p.get('layer', 0))}_barrier"
-        b = p.get("barrier")
-        if _finite(b):
-            m[key] = max(b, m.get(key, -math.inf))
-    if conv:
-        for c in record.get("counts") or []:
-            pre = count_prefix(c["layer"], c["order"])
-            for f in COUNT_FIELDS:
-                m[pre + f] = c.get(f)
-            if c.get("n_saddle"):
-                m[pre + "frac_first_order"] = c.get("n_first_order", 0) / c["n_saddle"]
-    return {k: float(v) for k, v in m.items() if _finite(v)}
-
-
-def points_frame(record: dict):
-    """The per-point table: one row per permutation point (without saved parameters)."""
-    import pandas as pd
-
-    rows = []
-    for i, p in enumerate(record.get("points") or []):
-        row = {k: v for k, v in p.items() if k not in ("params", "escape")}
-        esc = p.get("escape")
-        if "escape" in p:     # schema >= 2: the escape test flattened (its per-direction rows stay in the record)
-            row["escape_certified"] = esc.get("certified") if esc else None
-            row["escape_n_checked"] = esc.get("n_checked") if esc else None
-            row["escape_worst_rel_err"] = esc.get("worst_rel_err") if esc else None
-        row["point_id"] = i
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def points_table_json(record: dict) -> str:
-    """The per-point table in MLflow's table format (pandas "split" orient without index), written with
-    json.dumps so floats keep every digit (log_table's to_json keeps 10 significant digits) and NaN is null."""
-    df = points_frame(record)
-
-    def clean(v):
-        if isinstance(v, float) and not math.isfinite(v):
-            return None
-        return v
-
-    data = [[clean(v) for v in row] for row in df.astype(object).itertuples(index=False, name=None)]
-    return json.dumps({"columns": list(df.columns), "data": data}, default=str)
-
-
-def run_name_for(config: dict, attempt: int | None = None) -> str:
-    w = "x".join(str(x) for x in config.get("widths") or [])
-    name = f"{config.get('task', 'trial')}-w{w}-{config.get('activation', '')}-s{config.get('seed', '')}"
-    return name if not attempt or int(attempt) <= 1 else f"{name}-a{attempt}"
-
-
 # --- the sweep's parent run ----------------------------------------------------------------------------
 
 def _role_filter(role: str) -> str:
@@ -375,13 +199,21 @@ def finished_keys(tracking_uri: str, experiment_id: str, sweep_name: str) -> set
     return {r.data.tags["trial_key"] for r in found if "trial_key" in r.data.tags}
 
 
-def _kill_running(tracking_uri: str, experiment_id: str, sweep_name: str, trial_key: str | None = None) -> list[str]:
+def _kill_running(tracking_uri: str, experiment_id: str, sweep_name: str, trial_key: str | None = None,
+                  owner=None) -> list[str]:
+    """KILL the RUNNING trial runs (of one key, or of the sweep) whose owner is gone as seen by `owner`
+    (tracking.owner.owner_alive): runs of a live driver are left alone."""
+    from .owner import owner_alive
+
     extra = "attributes.status = 'RUNNING'"
     if trial_key is not None:
         extra += f" and tags.trial_key = {_q(trial_key)}"
     c = client(tracking_uri)
     killed = []
+    now = time.time()
     for r in search_all(tracking_uri, [experiment_id], _trial_filter(sweep_name, extra)):
+        if owner_alive(r.data.tags, owner, now):
+            continue
         c.set_tag(r.info.run_id, "failure_reason", "attempt abandoned (worker or driver stopped); marked KILLED")
         c.set_terminated(r.info.run_id, "KILLED")
         killed.append(r.info.run_id)
@@ -389,24 +221,50 @@ def _kill_running(tracking_uri: str, experiment_id: str, sweep_name: str, trial_
 
 
 def start_trial_run(tracking_uri: str, experiment_id: str, parent_run_id: str, sweep_name: str, trial_key: str,
-                    config_dict: dict, attempt: int = 1) -> str:
-    """Open the trial's child run (RUNNING) after marking any RUNNING run of the same key KILLED."""
+                    config_dict: dict, attempt: int = 1, *, tags: dict | None = None, kill_dead: bool = True) -> str:
+    """Open the trial's child run (RUNNING), with extra `tags` (its owner: tracking.owner). kill_dead: first
+    mark KILLED the RUNNING runs of the key whose owner is gone (tracking.sweepstore.SweepStore.claim does
+    that itself, after creating its run)."""
     from mlflow.entities import Param
 
     with _guard(tracking_uri):
-        _kill_running(tracking_uri, experiment_id, sweep_name, trial_key)
+        if kill_dead:
+            _kill_running(tracking_uri, experiment_id, sweep_name, trial_key)
         c = client(tracking_uri)
-        tags = {"mlflow.parentRunId": parent_run_id, "trial_key": trial_key, "sweep": sweep_name,
-                "code_version": code_version(), "attempt": str(attempt), ROLE_TAG: TRIAL_ROLE}
-        run = c.create_run(experiment_id, run_name=run_name_for(config_dict, attempt), tags=tags)
+        all_tags = {"mlflow.parentRunId": parent_run_id, "trial_key": trial_key, "sweep": sweep_name,
+                    "code_version": code_version(), "attempt": str(attempt), ROLE_TAG: TRIAL_ROLE}
+        all_tags.update({k: str(v) for k, v in (tags or {}).items()})
+        run = c.create_run(experiment_id, run_name=run_name_for(config_dict, attempt), tags=all_tags)
         params = [Param(k, v) for k, v in flatten_config(config_dict).items()]
         if params:
             c.log_batch(run.info.run_id, params=params)
     return run.info.run_id
 
 
+def _check_open(c, run_id: str) -> None:
+    """RunClosed unless the run is RUNNING and its key has no other FINISHED run (one FINISHED run per key)."""
+    from .owner import RunClosed
+
+    run = c.get_run(run_id)
+    if run.info.status != "RUNNING":
+        raise RunClosed(f"run {run_id} is {run.info.status}: not ending it FINISHED")
+    key, sweep = run.data.tags.get("trial_key"), run.data.tags.get("sweep")
+    if key is None or sweep is None:
+        return
+    done = c.search_runs([run.info.experiment_id], _trial_filter(sweep, f"tags.trial_key = {_q(key)} and "
+                                                                       "attributes.status = 'FINISHED'"),
+                         max_results=1)
+    if done:
+        c.set_tag(run_id, "failure_reason", f"duplicate: key already FINISHED in run {done[0].info.run_id}")
+        c.set_terminated(run_id, "KILLED")
+        raise RunClosed(f"run {run_id}: key {key} already FINISHED in run {done[0].info.run_id}")
+
+
 def finish_trial_run(tracking_uri: str, run_id: str, record: Any, *, figures: bool = True) -> None:
     """Log the record (metrics, tags, JSON, points table, figures) and end the run FINISHED.
+
+    Only a RUNNING run whose key has no FINISHED run yet is ended FINISHED; otherwise RunClosed
+    (tracking.owner) is raised and nothing is logged (a KILLED or FAILED run never becomes FINISHED).
 
     A record that did not converge (or carries `failure`) also ends FINISHED, tagged `converged=false` and
     `failure_reason`, and is excluded from every count downstream. Raises TrackingUnavailable when the
@@ -429,6 +287,7 @@ def finish_trial_run(tracking_uri: str, run_id: str, record: Any, *, figures: bo
         tags.append(RunTag("mlflow.loggedArtifacts", json.dumps([{"path": POINTS_ARTIFACT, "type": "table"}])))
     with _guard(tracking_uri):
         c = client(tracking_uri)
+        _check_open(c, run_id)
         c.log_batch(run_id, metrics=metrics, tags=tags)
         with tempfile.TemporaryDirectory(prefix="permsym-log-") as tmp:
             tmp = Path(tmp)
@@ -446,20 +305,23 @@ def finish_trial_run(tracking_uri: str, run_id: str, record: Any, *, figures: bo
 
 
 def fail_trial_run(tracking_uri: str, run_id: str, reason: str) -> None:
-    """End the run FAILED with a one-line `failure_reason` tag."""
+    """End the run FAILED with a one-line `failure_reason` tag (a run that already ended is left as it is)."""
     from mlflow.entities import RunTag
 
     with _guard(tracking_uri):
         c = client(tracking_uri)
+        if c.get_run(run_id).info.status != "RUNNING":
+            return
         c.log_batch(run_id, tags=[RunTag("failure_reason", _one_line(reason)), RunTag("converged", "false"),
                                   RunTag("phase", "failed")])
         c.set_terminated(run_id, "FAILED")
 
 
-def close_orphans(tracking_uri: str, experiment_id: str, sweep_name: str) -> list[str]:
-    """Mark this sweep's trial runs still RUNNING as KILLED (after a crash or an interrupted driver)."""
+def close_orphans(tracking_uri: str, experiment_id: str, sweep_name: str, owner=None) -> list[str]:
+    """Mark KILLED this sweep's RUNNING trial runs whose owner is gone (tracking.owner.owner_alive; `owner`'s
+    own runs count as gone: its driver is ending). Runs of another live driver are left RUNNING."""
     with _guard(tracking_uri):
-        return _kill_running(tracking_uri, experiment_id, sweep_name)
+        return _kill_running(tracking_uri, experiment_id, sweep_name, owner=owner)
 
 
 def log_trial(tracking_uri: str, experiment_id: str, parent_run_id: str, sweep_name: str, trial_key: str,
@@ -472,42 +334,18 @@ def log_trial(tracking_uri: str, experiment_id: str, parent_run_id: str, sweep_n
     return run_id
 
 
-# --- secrets -----------------------------------------------------------------------------------------------
 
-SECRET_NAME = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|AUTH|PRIVATE)", re.I)
+# --- public names for the filter helpers (tracking.sweepstore and the commands use these) -------------------
 
-
-def secret_env_values(environ: dict | None = None, min_len: int = 6) -> dict[str, str]:
-    """Environment variables named like secrets, with values long enough to search for."""
-    env = os.environ if environ is None else environ
-    return {k: v for k, v in env.items() if SECRET_NAME.search(k) and v and len(v) >= min_len}
+quote = _q
+trial_filter = _trial_filter
+role_filter = _role_filter
+guard = _guard
 
 
-def scan_for_secrets(tracking_uri: str, experiment_id: str, values: Iterable[str]) -> list[str]:
-    """Where any of `values` occurs in the experiment's run names, params, tags or text artifacts.
+def __getattr__(name):              # the secrets helpers moved to tracking.secrets; old imports keep working
+    if name in ("SECRET_NAME", "secret_env_values", "scan_for_secrets"):
+        from . import secrets
 
-    Returns one "run_id: where" line per finding (empty: nothing leaked).
-    """
-    values = [v for v in values if v]
-    if not values:
-        return []
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    c = client(tracking_uri)
-    findings = []
-    for r in search_all(tracking_uri, [experiment_id]):
-        rid = r.info.run_id
-        fields = [("run_name", r.info.run_name or "")]
-        fields += [(f"param {k}", v) for k, v in r.data.params.items()]
-        fields += [(f"tag {k}", v) for k, v in r.data.tags.items()]
-        fields += [(f"metric {k}", k) for k in r.data.metrics]
-        for where, text in fields:
-            if any(v in str(text) for v in values):
-                findings.append(f"{rid}: {where}")
-        with tempfile.TemporaryDirectory() as tmp:
-            local = Path(c.download_artifacts(rid, "", tmp))
-            for f in local.rglob("*"):
-                if f.is_file():
-                    data = f.read_bytes()
-                    if any(v.encode() in data for v in values):
-                        findings.append(f"{rid}: artifact {f.relative_to(local)}")
-    return findings
+        return getattr(secrets, name)
+    raise AttributeError(name)

@@ -1,0 +1,58 @@
+"""Start or join Ray for a sweep, and check that a trial's resources fit on some node of it.
+
+Embedded local Ray by default (no dashboard, quiet logs); a cluster when an address is given. A trial asking
+for more CPUs or GPUs than the largest node has would wait forever in Tune's queue: `check_fits` turns that
+into a one-line SpecError before any trial is scheduled (on an autoscaling cluster the check sees only the
+nodes that are up).
+"""
+from __future__ import annotations
+
+import os
+
+from .spec import SpecError
+
+
+def init_ray(address: str | None, env_vars: dict) -> bool:
+    """Start or join Ray unless this process already has it. Returns True when we must shut it down."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    common = dict(runtime_env={"env_vars": env_vars}, log_to_driver=False, configure_logging=True,
+                  logging_level="WARNING")
+    if address:
+        ray.init(address=address, **common)
+    else:
+        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, **common)
+    return True
+
+
+def check_fits_local(cpus: float) -> None:
+    """Before embedded Ray starts: a trial needing more CPUs than this machine has can never run."""
+    n = os.cpu_count() or 1
+    if cpus > n:
+        raise SpecError(f"resources.cpus: expected at most {n} CPUs per trial (this machine has {n}), got {cpus:g}")
+
+
+def node_capacity() -> list[tuple[float, float]]:
+    """(CPU, GPU) of every alive node of the Ray cluster this process is connected to."""
+    import ray
+
+    return [(float(n.get("Resources", {}).get("CPU", 0)), float(n.get("Resources", {}).get("GPU", 0)))
+            for n in ray.nodes() if n.get("Alive")]
+
+
+def check_fits(cpus: float, gpus: float, nodes: list[tuple[float, float]]) -> None:
+    """SpecError unless some node has both `cpus` CPUs and `gpus` GPUs."""
+    if not nodes or any(c >= cpus and g >= gpus for c, g in nodes):
+        return
+    max_c = max(c for c, _ in nodes)
+    max_g = max(g for _, g in nodes)
+    if cpus > max_c:
+        raise SpecError(f"resources.cpus: expected at most {max_c:g} CPUs per trial (the largest of the "
+                        f"{len(nodes)} Ray node(s) has {max_c:g}), got {cpus:g}")
+    if gpus > max_g:
+        raise SpecError(f"resources.gpus: expected at most {max_g:g} GPUs per trial (the largest of the "
+                        f"{len(nodes)} Ray node(s) has {max_g:g}), got {gpus:g}")
+    raise SpecError(f"resources: expected a node with {cpus:g} CPUs and {gpus:g} GPUs together; no Ray node has "
+                    f"both (nodes: {', '.join(f'{c:g} CPU/{g:g} GPU' for c, g in nodes)})")

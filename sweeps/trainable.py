@@ -1,0 +1,175 @@
+"""The Ray Tune trainable of a sweep: one trial = claim its key, run it isolated, log it, report scalars.
+
+Per trial: the key is claimed in the store (`SweepStore.claim`: skipped when the key is FINISHED or held by
+another live driver's run), the trial runs in a child process under the time limit (`sweeps.isolation`),
+its run is tagged with where it runs and, throttled, its phase, a heartbeat thread keeps the run's
+`permsym.heartbeat` fresh, and the outcome is logged by the run's owner (spooled when the server is down).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import threading
+import time
+
+from tracking.metrics import nan_metrics, trial_metrics
+from tracking.owner import HEARTBEAT_S, RunClosed
+
+from .context import SweepContext, trial_of
+from .isolation import TrialCrashed, run_isolated
+
+PHASE_EVERY_S = 5.0      # a RUNNING run's `phase` tag is rewritten at most this often (and on a new phase name)
+
+
+def worker_info() -> dict:
+    info = {"hostname": socket.gethostname(), "pid": os.getpid()}
+    with contextlib.suppress(Exception):
+        import ray
+
+        rc = ray.get_runtime_context()
+        info["node_id"] = rc.get_node_id()
+        info["worker_id"] = rc.get_worker_id()
+    return info
+
+
+def phase_text(phase: str, k: int, n: int) -> str:
+    """run_trial's (phase, k, n) as the `phase` tag shows it: "minimum", "reduced L1K1 3/6", "logging"."""
+    if phase == "done":
+        return "logging"
+    if phase == "minimum":
+        return "minimum"
+    return f"{phase} {int(k) + 1}/{int(n)}"
+
+
+class PhaseTagger:
+    """on_phase for run_isolated: the `phase` tag of the trial's run, throttled (one store write per
+    PHASE_EVERY_S, or when the phase's name changes)."""
+
+    def __init__(self, ctx: SweepContext, run_id: str | None):
+        self.ctx, self.run_id = ctx, run_id
+        self.name: str | None = None
+        self.t = 0.0
+
+    def __call__(self, phase: str, k: int, n: int) -> None:
+        now = time.monotonic()
+        if phase == self.name and now - self.t < PHASE_EVERY_S:
+            return
+        self.name, self.t = phase, now
+        self.ctx.store.tag(self.run_id, {"phase": phase_text(phase, k, n)})
+
+
+@contextlib.contextmanager
+def heartbeat(ctx: SweepContext, run_id: str | None):
+    """Refresh the run's heartbeat every HEARTBEAT_S while the trial runs (its liveness for other drivers)."""
+    stop = threading.Event()
+
+    def beat():
+        while not stop.wait(HEARTBEAT_S):
+            ctx.store.heartbeat(run_id)
+
+    th = threading.Thread(target=beat, daemon=True, name="permsym-heartbeat")
+    if run_id is not None:
+        th.start()
+    try:
+        yield
+    finally:
+        stop.set()
+
+
+def _report(metrics: dict, status: str, key: str, t0: float, extra: dict | None = None) -> None:
+    from ray import tune
+
+    out = dict(metrics)
+    out.update(status=status, trial_key=key, wall_s=time.time() - t0)
+    out.update(extra or {})
+    tune.report(out)
+
+
+def sweep_trainable(config: dict, ctx: SweepContext) -> None:
+    """One trial: skip it if its key is FINISHED or held by a live run of another driver, else claim its
+    MLflow run, run it in a child process under the time limit, log the outcome, report the scalars."""
+    from tracking import runs, spool
+
+    t0 = time.time()
+    store = ctx.store
+    key, options = trial_of(config, ctx)
+    threads = max(1, int(ctx.cpus))
+    with contextlib.suppress(Exception):
+        import torch
+
+        torch.set_num_threads(threads)
+    worker = worker_info()
+    extra = {"node_id": worker.get("node_id", ""), "label": ctx.labels.get(key, "")}
+    where = {"worker_pid": worker.get("pid", ""), "hostname": worker.get("hostname", ""),
+             "node_id": worker.get("node_id", "")}
+
+    try:
+        claim = store.claim(key, options, ctx.parent_run_id, ctx.owner, where)
+    except runs.TrackingUnavailable:
+        claim = None
+    if claim is not None and claim.status != "claimed":
+        # a key never gets a second FINISHED run (a restored Tune trial, an Optuna repeat, another driver)
+        rec = store.finished_record(key) if claim.status == "finished" else None
+        _report(trial_metrics(rec) if rec else nan_metrics(), "skipped" if claim.status == "finished"
+                else "elsewhere", key, t0, extra)
+        return
+    run_id = claim.run_id if claim is not None else None
+    attempt = claim.attempt if claim is not None else 1
+    meta = {"experiment_id": store.experiment_id, "parent_run_id": ctx.parent_run_id, "sweep": store.sweep,
+            "config": options, "tracking_uri": store.tracking_uri, "attempt": attempt, "run_id": run_id}
+
+    def keep(record, meta_: dict) -> dict:
+        """Spool: on this worker's disk (best effort) and back to the driver in the Tune result, which
+        writes it under the sweep's results folder (a remote node's disk is not where `sync` looks)."""
+        payload = spool.payload_of(key, record, meta_)
+        with contextlib.suppress(OSError):
+            spool.write_payload(ctx.results_dir, payload)
+        return {"spool_payload": json.dumps(payload, default=str)}
+
+    spooled: dict = {}
+
+    def fail(reason: str) -> None:
+        try:
+            if run_id is None:
+                raise runs.TrackingUnavailable("no run")
+            store.fail(run_id, reason)
+        except runs.TrackingUnavailable:
+            spooled.update(keep(None, {**meta, "fail_reason": reason}))
+
+    with heartbeat(ctx, run_id):
+        try:
+            outcome = run_isolated(options, threads, ctx.time_limit_s,
+                                   on_start=lambda pid: store.tag(run_id, {"trial_pid": pid}),
+                                   on_phase=PhaseTagger(ctx, run_id))
+        except TrialCrashed as e:
+            fail(f"crashed: {e} (attempt {attempt})")
+            raise                                        # Tune retries it (FailureConfig.max_failures)
+
+    if outcome[0] != "ok":
+        reason = outcome[1]
+        fail(reason)
+        _report(nan_metrics(), "failed", key, t0, {**extra, "failure": reason, **spooled})
+        return
+    record = outcome[1]
+    record["worker"] = worker
+    record.setdefault("timings", {})["trial_wall"] = time.time() - t0
+    try:
+        if run_id is None:
+            raise runs.TrackingUnavailable("no run")
+        store.finish(run_id, record)
+        status = "finished"
+    except RunClosed:
+        # our run was closed meanwhile (judged abandoned by another driver) or the key FINISHED elsewhere:
+        # the record goes into a fresh claimed run, or nowhere if another run holds the key
+        status = "elsewhere"
+        with contextlib.suppress(RunClosed, runs.TrackingUnavailable):
+            again = store.claim(key, options, ctx.parent_run_id, ctx.owner, where)
+            if again.status == "claimed":
+                store.finish(again.run_id, record)
+                status = "finished"
+    except runs.TrackingUnavailable:
+        spooled.update(keep(record, meta))
+        status = "spooled"
+    _report(trial_metrics(record), status, key, t0, {**extra, "failure": record.get("failure") or "", **spooled})

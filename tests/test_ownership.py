@@ -1,0 +1,157 @@
+"""One owner per run: a claimed key, runs only their owner ends, orphans only where the owner is provably gone,
+and two real `permsym sweep` drivers on one sweep at once ending with exactly one FINISHED run per key."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from fixtures.mlflow_helpers import fresh_store, make_template_db, sweep_runs
+from fixtures.records import make_record
+
+from tracking import runs, store
+from tracking.owner import HEARTBEAT_TAG, OWNER_TAG, Owner, RunClosed, owner_alive
+from tracking.sweepstore import SweepStore
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory):
+    return make_template_db(tmp_path_factory.mktemp("template"))
+
+
+def _sweep_store(template, tmp_path, sweep="own"):
+    uri = fresh_store(template, tmp_path / "results")
+    exp = store.prepare_store(uri, "exp")
+    parent = runs.get_or_create_parent(uri, exp, sweep, {"name": sweep})
+    return SweepStore(uri, exp, sweep), parent
+
+
+def _dead_pid() -> int:
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+def _status(s: SweepStore, run_id: str) -> str:
+    return runs.client(s.tracking_uri).get_run(run_id).info.status
+
+
+def test_owner_tag_round_trip_and_liveness():
+    me = Owner.this_process()
+    assert Owner.parse(me.tag()) == me
+    assert Owner.parse("garbage") is None
+    now = time.time()
+    other = Owner(me.host, os.getppid(), "other")                 # a live process of this host
+    fresh = {OWNER_TAG: other.tag(), HEARTBEAT_TAG: f"{now:.0f}"}
+    assert owner_alive(fresh, me, now)
+    assert not owner_alive(fresh, Owner(me.host, 1, "other"), now)     # the claimer's own driver launch
+    assert not owner_alive({OWNER_TAG: other.tag(), HEARTBEAT_TAG: f"{now - 10_000:.0f}"}, me, now)  # stale
+    assert not owner_alive({OWNER_TAG: Owner(me.host, _dead_pid(), "x").tag(), HEARTBEAT_TAG: f"{now:.0f}"}, me, now)
+    assert not owner_alive({**fresh, "hostname": me.host, "worker_pid": str(_dead_pid())}, me, now)
+    assert owner_alive({OWNER_TAG: Owner("elsewhere-host", 1, "y").tag(), HEARTBEAT_TAG: f"{now:.0f}"}, me, now)
+    assert not owner_alive({}, me, now)                          # logged outside a sweep
+
+
+def test_claim_finish_and_orphans(template, tmp_path):
+    s, parent = _sweep_store(template, tmp_path)
+    rec = make_record((4,), 0)
+    a, b = Owner.this_process(), Owner(Owner.this_process().host, os.getppid(), "driver-b")   # both alive
+    ca = s.claim("k1", rec["config"], parent, a)
+    assert ca.status == "claimed" and ca.attempt == 1
+    cb = s.claim("k1", rec["config"], parent, b)                  # a live run of another driver holds k1
+    assert cb.status == "elsewhere" and cb.holder == ca.run_id
+    assert _status(s, ca.run_id) == "RUNNING"
+    # b's end-of-sweep cleanup leaves a's live run alone; a's own cleanup would close it
+    assert s.close_orphans(b) == []
+    assert _status(s, ca.run_id) == "RUNNING"
+    s.finish(ca.run_id, rec, figures=False)
+    assert s.finished_keys() == {"k1"}
+    assert s.claim("k1", rec["config"], parent, b).status == "finished"
+
+    # a KILLED run never becomes FINISHED, and a FAILED one stays FAILED
+    ck = s.claim("k2", rec["config"], parent, a)
+    assert s.close_orphans(a) == [ck.run_id]                     # its own driver ends: KILLED
+    with pytest.raises(RunClosed):
+        s.finish(ck.run_id, rec, figures=False)
+    assert _status(s, ck.run_id) == "KILLED" and "k2" not in s.finished_keys()
+    cf = s.claim("k2", rec["config"], parent, a)
+    s.fail(cf.run_id, "boom")
+    with pytest.raises(RunClosed):
+        s.finish(cf.run_id, rec, figures=False)
+    assert _status(s, cf.run_id) == "FAILED"
+
+    # a run whose driver is gone is taken over by the next claim
+    gone = Owner(a.host, _dead_pid(), "gone")
+    cg = s.claim("k3", rec["config"], parent, gone)
+    cn = s.claim("k3", rec["config"], parent, b)
+    assert cn.status == "claimed" and _status(s, cg.run_id) == "KILLED"
+    # two runs of one key that both think they may finish: only the first FINISHED counts, the second is KILLED
+    s.finish(cn.run_id, rec, figures=False)
+    late = runs.start_trial_run(s.tracking_uri, s.experiment_id, parent, s.sweep, "k3", rec["config"], 9,
+                                kill_dead=False)
+    with pytest.raises(RunClosed):
+        s.finish(late, rec, figures=False)
+    assert _status(s, late) == "KILLED"
+    fin = [r for r in s.key_runs("k3") if r.info.status == "FINISHED"]
+    assert len(fin) == 1
+
+
+def _wait_running(uri: str, sweep: str, timeout: float = 240) -> None:
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        try:
+            _c, rs = sweep_runs(uri, sweep)
+            if any(r.info.status == "RUNNING" and r.data.tags.get("trial_key") for r in rs):
+                return
+        except Exception:
+            pass
+        time.sleep(0.5)
+    raise AssertionError("the first driver never opened a trial run")
+
+
+@pytest.mark.slow
+def test_two_drivers_on_one_sweep_one_finished_run_per_key(tmp_path):
+    """Two real `permsym sweep` processes (each with its own embedded Ray) on one SQLite store, the second
+    started while the first has a trial RUNNING: every key ends with exactly one FINISHED run, no run stays
+    RUNNING, and no run was closed as abandoned (neither driver killed the other's live runs)."""
+    from sweeps.plan import plan
+    from sweeps.spec import load_spec
+    from tracking.store import results_uri
+
+    spec = {"name": "two", "task": "toy", "resources": {"cpus": 1}, "max_concurrent": 1,
+            "grid": {"widths": [[3]], "seeds": list(range(6)), "adam_steps": 200, "path_relax": False,
+                     "gamma_scan": False, "path_points": 5}}
+    f = tmp_path / "two.yaml"
+    f.write_text(yaml.safe_dump(spec))
+    results = tmp_path / "res"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_USAGE_STATS_ENABLED": "0"}
+    cmd = [sys.executable, "-m", "sweeps.cli", "sweep", str(f), "--results", str(results), "--quiet"]
+    first = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        _wait_running(results_uri(results), "two")
+        second = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        out2, _ = second.communicate(timeout=600)
+        out1, _ = first.communicate(timeout=600)
+    finally:
+        for p in (first, locals().get("second")):
+            if p is not None and p.poll() is None:
+                p.kill()
+    assert first.returncode == 0, out1[-3000:]
+    assert second.returncode == 0, out2[-3000:]
+    keys = {t.key for t in plan(load_spec(spec))}
+    _c, rs = sweep_runs(results_uri(results), "two")
+    kids = [r for r in rs if r.data.tags.get("trial_key")]
+    finished = [r.data.tags["trial_key"] for r in kids if r.info.status == "FINISHED"]
+    assert sorted(finished) == sorted(keys), (finished, out1[-1500:], out2[-1500:])
+    assert not [r for r in kids if r.info.status == "RUNNING"]
+    for r in kids:
+        if r.info.status == "KILLED":
+            assert r.data.tags.get("failure_reason", "").startswith("duplicate:"), r.data.tags
+    owners = {r.data.tags.get(OWNER_TAG, "").rsplit(":", 1)[-1] for r in kids}
+    assert len(owners) == 2, "both drivers opened runs"

@@ -1,0 +1,89 @@
+"""Who owns a RUNNING trial run, and when its owner is provably gone.
+
+A run's owner is one launch of a sweep's driver: tag `permsym.owner` = `host:pid:driver_id` (driver_id random
+per launch), with a heartbeat tag `permsym.heartbeat` (unix seconds) that the trial refreshes while it runs.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import time
+import uuid
+from dataclasses import dataclass
+
+OWNER_TAG = "permsym.owner"
+HEARTBEAT_TAG = "permsym.heartbeat"
+HEARTBEAT_S = 30.0               # a running trial refreshes its heartbeat this often
+DEFAULT_STALE_S = 300.0          # ... and counts as abandoned when it is older than this (PERMSYM_STALE_S)
+
+
+def stale_s() -> float:
+    with contextlib.suppress(ValueError):
+        return float(os.environ.get("PERMSYM_STALE_S", DEFAULT_STALE_S))
+    return DEFAULT_STALE_S
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process of this id exists on this host."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@dataclass(frozen=True)
+class Owner:
+    """Who owns a run: a sweep's driver, one launch of it (`driver_id` is random per launch)."""
+
+    host: str
+    pid: int
+    driver_id: str
+
+    @classmethod
+    def this_process(cls) -> "Owner":
+        return cls(socket.gethostname(), os.getpid(), uuid.uuid4().hex[:12])
+
+    def tag(self) -> str:
+        return f"{self.host}:{self.pid}:{self.driver_id}"
+
+    @classmethod
+    def parse(cls, text: str) -> "Owner | None":
+        host, _, rest = str(text).rpartition(":")
+        host, _, pid = host.rpartition(":")
+        try:
+            return cls(host, int(pid), rest) if host and rest else None
+        except ValueError:
+            return None
+
+
+def owner_alive(tags: dict, me: Owner | None = None, now: float | None = None) -> bool:
+    """Whether the owner of a RUNNING run (its tags) may still be running it, as seen by `me`."""
+    owner = Owner.parse(tags.get(OWNER_TAG, ""))
+    if owner is None:
+        return False                                  # logged outside a sweep: nobody runs it
+    if me is not None and owner.driver_id == me.driver_id:
+        return False                                  # my own earlier attempt of the key
+    now = time.time() if now is None else now
+    try:
+        beat = float(tags.get(HEARTBEAT_TAG) or 0)
+    except ValueError:
+        beat = 0.0
+    if now - beat > stale_s():
+        return False
+    here = socket.gethostname()
+    if owner.host == here and not pid_alive(owner.pid):
+        return False
+    wpid = tags.get("worker_pid")
+    if tags.get("hostname") == here and wpid and wpid.isdigit() and not pid_alive(int(wpid)):
+        return False
+    return True
+
+
+class RunClosed(RuntimeError):
+    """The run is no longer its owner's to end: KILLED, FAILED, or its key FINISHED by another run."""
