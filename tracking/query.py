@@ -6,8 +6,13 @@
     query.summary(sweep="toy")                      # per architecture and (layer, order): counts vs bound
 
 The store is `tracking_uri` if given, else $MLFLOW_TRACKING_URI, else the SQLite store of `results_dir`
-(default ./permsym-results). Filters (sweep, task, activation, width range, depth) are part of the MLflow
-filter string, so the store returns only the matching runs.
+(default ./permsym-results). One run per trial key: a key with two FINISHED runs (two drivers raced on it)
+counts once, its earliest-started run (ties: the smaller run id).
+
+FINISHED runs and their points/records are read through the local cache of tracking.cache (a query on 10,000
+runs reads the store only for what changed since the last one); `cache=False` or PERMSYM_CACHE=off reads
+everything from the store, with the filters (sweep, task, activation, width range, depth) in the MLflow filter
+string. A `filter_string` always bypasses the cache (it is MLflow's language, applied by the store).
 """
 from __future__ import annotations
 
@@ -15,14 +20,13 @@ import json
 import math
 import os
 import re
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
 
+from . import cache as _cache
 from . import runs as _runs
 from . import store as _store
 
@@ -101,10 +105,59 @@ def _filter_string(sweep=None, task=None, activation=None, width_min=None, width
     return " and ".join(parts)
 
 
+def _matches(r: _cache.RunData, task, activation, width_min, width_max, depth, converged_only) -> bool:
+    """The filters of _filter_string, applied to a cached run as the store applies them (a missing param or
+    metric never matches)."""
+    p, m = r.params, r.metrics
+    if task is not None and p.get("task") != str(task):
+        return False
+    if activation is not None and p.get("activation") != str(activation):
+        return False
+    if width_min is not None and not ("arch_width_min" in m and m["arch_width_min"] >= float(width_min)):
+        return False
+    if width_max is not None and not ("arch_width_max" in m and m["arch_width_max"] <= float(width_max)):
+        return False
+    if depth is not None and not ("arch_depth" in m and m["arch_depth"] == float(depth)):
+        return False
+    return not converged_only or r.tags.get("converged") == "true"
+
+
+def one_per_key(found: Sequence[_cache.RunData]) -> list[_cache.RunData]:
+    """The runs in start order (ties: run id), one per (experiment, sweep, trial_key): the earliest-started."""
+    out, seen = [], set()
+    for r in sorted(found, key=lambda r: (r.start_time or 0, r.run_id)):
+        key = r.tags.get("trial_key")
+        if key is not None:
+            k = (r.experiment_id, r.tags.get("sweep"), key)
+            if k in seen:
+                continue
+            seen.add(k)
+        out.append(r)
+    return out
+
+
+def _finished(uri, exp_ids, sweep, task, activation, width_min, width_max, depth, converged_only,
+              filter_string, cache: bool) -> list[_cache.RunData]:
+    store = _cache.open_cache() if cache and filter_string is None else None
+    if store is not None:
+        try:
+            with _runs._guard(uri):
+                found = store.finished_runs(uri, exp_ids, sweep)
+        finally:
+            store.close()
+        found = [r for r in found if _matches(r, task, activation, width_min, width_max, depth, converged_only)]
+    else:
+        filt = _filter_string(sweep, task, activation, width_min, width_max, depth, converged_only, filter_string)
+        with _runs._guard(uri):
+            found = [_cache.RunData.from_mlflow(r) for r in
+                     _runs.search_all(uri, exp_ids, filt, order_by=["attributes.start_time ASC"])]
+    return one_per_key(found)
+
+
 def runs(sweep: str | None = None, experiment: str | None = None, tracking_uri: str | None = None, *,
          results_dir=None, task: str | None = None, activation: str | None = None, width_min: int | None = None,
          width_max: int | None = None, depth: int | None = None, converged_only: bool = False,
-         filter_string: str | None = None) -> pd.DataFrame:
+         filter_string: str | None = None, cache: bool = True) -> pd.DataFrame:
     """One row per FINISHED trial run, with typed columns.
 
     Columns: run_id, sweep, trial_key, attempt, code_version, converged (bool), failure_reason, start_time,
@@ -113,21 +166,22 @@ def runs(sweep: str | None = None, experiment: str | None = None, tracking_uri: 
     log10_minima, L<k>_K<K>_<count>, L<k>_barrier, time_<phase>, ...). Trials that did not converge are
     included with converged=False unless `converged_only`; their counts are absent (NaN).
     `width_min`/`width_max` bound every hidden width, `depth` is the number of hidden layers.
+    One row per trial key (the earliest-started FINISHED run); `cache`: see the module docstring.
     """
     uri = resolve_tracking_uri(tracking_uri, results_dir)
-    exp_ids = _store.experiment_id_for(uri, experiment)
-    filt = _filter_string(sweep, task, activation, width_min, width_max, depth, converged_only, filter_string)
     with _runs._guard(uri):
-        found = _runs.search_all(uri, exp_ids, filt, order_by=["attributes.start_time ASC"])
+        exp_ids = _store.experiment_id_for(uri, experiment)
+    found = _finished(uri, exp_ids, sweep, task, activation, width_min, width_max, depth, converged_only,
+                      filter_string, cache)
     rows = []
     for r in found:
-        tags, params = r.data.tags, r.data.params
-        row = dict(r.data.metrics)                       # the base columns below win over same-named metrics
-        row.update({"run_id": r.info.run_id, "experiment_id": r.info.experiment_id, "sweep": tags.get("sweep"),
+        tags, params = r.tags, r.params
+        row = dict(r.metrics)                            # the base columns below win over same-named metrics
+        row.update({"run_id": r.run_id, "experiment_id": r.experiment_id, "sweep": tags.get("sweep"),
                "trial_key": tags.get("trial_key"), "attempt": int(tags.get("attempt", 1) or 1),
                "code_version": tags.get("code_version"), "converged": tags.get("converged") == "true",
                "failure_reason": tags.get("failure_reason"),
-               "start_time": pd.to_datetime(r.info.start_time, unit="ms", utc=True)})
+               "start_time": r.start_time})
         for k, v in params.items():
             row[k] = _parse_param(k, v)
         if isinstance(row.get("widths"), tuple):
@@ -138,9 +192,10 @@ def runs(sweep: str | None = None, experiment: str | None = None, tracking_uri: 
         return pd.DataFrame(columns=["run_id", "sweep", "trial_key", "converged", *ARCH_COLUMNS[1:]])
     first = ["run_id", "sweep", "trial_key", "task", "activation", "widths", "depth", "seed", "orders", "converged"]
     first = [c for c in first if c in df.columns]
-    metric_cols = sorted({k for r in found for k in r.data.metrics} - set(first))
+    metric_cols = sorted({k for r in found for k in r.metrics} - set(first))
     rest = [c for c in df.columns if c not in first and c not in metric_cols]
     df = df[first + rest + [c for c in metric_cols if c not in first]]
+    df["start_time"] = pd.to_datetime(df["start_time"], unit="ms", utc=True)      # one conversion, not one per run
     for c in ("seed", "depth"):
         if c in df.columns and df[c].notna().all():
             df[c] = df[c].astype(int)
@@ -149,35 +204,46 @@ def runs(sweep: str | None = None, experiment: str | None = None, tracking_uri: 
 
 # --- points ----------------------------------------------------------------------------------------------
 
-def _download_json(uri: str, run_id: str, artifact: str):
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")   # one bar per run otherwise
-    c = _runs.client(uri)
-    with tempfile.TemporaryDirectory(prefix="permsym-q-") as tmp:
-        local = c.download_artifacts(run_id, artifact, tmp)
-        return Path(local).read_text()
-
-
-def _load_points(uri: str, run_ids: Sequence[str]) -> pd.DataFrame:
-    def one(rid):
-        text = _download_json(uri, rid, _runs.POINTS_ARTIFACT)
-        obj = json.loads(text)
-        df = pd.DataFrame(obj["data"], columns=obj["columns"])
-        df["run_id"] = rid
-        return df
-
+def _artifact_texts(uri: str, run_ids: Sequence[str], artifact: str, cache: bool = True) -> dict[str, str]:
+    """run id -> the text of its `artifact`: from the cache for the runs it holds as FINISHED, the rest read
+    from the store (in parallel) and, for those FINISHED runs, kept in the cache."""
     if not run_ids:
-        return pd.DataFrame()
-    workers = 8 if _store.is_http(uri) else 2
-    with _runs._guard(uri), ThreadPoolExecutor(max_workers=min(workers, len(run_ids))) as ex:
-        frames = list(ex.map(one, run_ids))
+        return {}
+    store = _cache.open_cache() if cache else None
+    try:
+        got = store.get_artifacts(artifact, run_ids) if store is not None else {}
+        missing = [r for r in run_ids if r not in got]
+        if missing:
+            where = {r: store.artifact_uri(r) for r in missing} if store is not None else {}
+            workers = 8 if _store.is_http(uri) else 2
+            with _runs._guard(uri), ThreadPoolExecutor(max_workers=min(workers, len(missing))) as ex:
+                texts = list(ex.map(lambda r: _cache.read_artifact(uri, r, artifact, where.get(r)), missing))
+            fresh = dict(zip(missing, texts))
+            if store is not None:
+                store.put_artifacts(artifact, fresh)
+            got.update(fresh)
+        return {r: got[r] for r in run_ids}
+    finally:
+        if store is not None:
+            store.close()
+
+
+def _load_points(uri: str, run_ids: Sequence[str], cache: bool = True) -> pd.DataFrame:
+    texts = _artifact_texts(uri, run_ids, _runs.POINTS_ARTIFACT, cache)
+    by_cols: dict[tuple, list] = {}              # one frame per column layout (schema), not one per run
+    for rid in run_ids:
+        obj = json.loads(texts[rid])
+        rows = by_cols.setdefault(tuple(obj["columns"]), [])
+        rows.extend([*row, rid] for row in obj["data"])
+    frames = [pd.DataFrame(rows, columns=[*cols, "run_id"]) for cols, rows in by_cols.items() if rows]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
-def _points_for(uri: str, rdf: pd.DataFrame) -> pd.DataFrame:
+def _points_for(uri: str, rdf: pd.DataFrame, cache: bool = True) -> pd.DataFrame:
     if rdf.empty:
         return pd.DataFrame()
     have = rdf[(rdf["converged"]) & (rdf.get("n_points", pd.Series(0, index=rdf.index)).fillna(0) > 0)]
-    pdf = _load_points(uri, list(have["run_id"]))
+    pdf = _load_points(uri, list(have["run_id"]), cache)
     if pdf.empty:
         return pdf
     arch = [c for c in ("run_id", *ARCH_COLUMNS, "trial_key") if c in rdf.columns]
@@ -201,7 +267,7 @@ def _points_for(uri: str, rdf: pd.DataFrame) -> pd.DataFrame:
 
 def points(sweep: str | None = None, experiment: str | None = None, tracking_uri: str | None = None, *,
            results_dir=None, task: str | None = None, activation: str | None = None, width_min=None,
-           width_max=None, depth=None, filter_string: str | None = None) -> pd.DataFrame:
+           width_max=None, depth=None, filter_string: str | None = None, cache: bool = True) -> pd.DataFrame:
     """One row per permutation point across the converged trials that match.
 
     Columns: layer, order, reduced_id, neurons, gamma, loss, grad_inf, critical, index, n_zero, tau, gap,
@@ -212,8 +278,8 @@ def points(sweep: str | None = None, experiment: str | None = None, tracking_uri
     """
     uri = resolve_tracking_uri(tracking_uri, results_dir)
     rdf = runs(sweep, experiment, uri, task=task, activation=activation, width_min=width_min,
-               width_max=width_max, depth=depth, converged_only=True, filter_string=filter_string)
-    return _points_for(uri, rdf)
+               width_max=width_max, depth=depth, converged_only=True, filter_string=filter_string, cache=cache)
+    return _points_for(uri, rdf, cache)
 
 
 # --- summary -----------------------------------------------------------------------------------------------
@@ -383,25 +449,24 @@ def summarise(rdf: pd.DataFrame, pdf: pd.DataFrame, by: Sequence[str] = ("task",
 
 def summary(sweep: str | None = None, experiment: str | None = None, tracking_uri: str | None = None, *,
             by: Sequence[str] = ("task", "activation", "widths"), results_dir=None, task=None, activation=None,
-            width_min=None, width_max=None, depth=None, filter_string: str | None = None) -> pd.DataFrame:
+            width_min=None, width_max=None, depth=None, filter_string: str | None = None,
+            cache: bool = True) -> pd.DataFrame:
     """Per group (`by`) and per (layer, order): the empirical counts against the bound (see SUMMARY_DOC)."""
     uri = resolve_tracking_uri(tracking_uri, results_dir)
     rdf = runs(sweep, experiment, uri, task=task, activation=activation, width_min=width_min,
-               width_max=width_max, depth=depth, converged_only=False, filter_string=filter_string)
-    return summarise(rdf, _points_for(uri, rdf), by)
+               width_max=width_max, depth=depth, converged_only=False, filter_string=filter_string, cache=cache)
+    return summarise(rdf, _points_for(uri, rdf, cache), by)
 
 
 summary.__doc__ += "\n\n" + SUMMARY_DOC
 
 
-def records(run_ids: Sequence[str], tracking_uri: str | None = None, results_dir=None) -> dict[str, dict]:
-    """The full trial records (trial_record.json) of the given runs, by run id."""
+def records(run_ids: Sequence[str], tracking_uri: str | None = None, results_dir=None, *,
+            cache: bool = True) -> dict[str, dict]:
+    """The full trial records (trial_record.json) of the given runs, by run id (cached for FINISHED runs)."""
     uri = resolve_tracking_uri(tracking_uri, results_dir)
-    if not run_ids:
-        return {}
-    with _runs._guard(uri), ThreadPoolExecutor(max_workers=min(4, len(run_ids))) as ex:
-        texts = list(ex.map(lambda r: _download_json(uri, r, _runs.RECORD_ARTIFACT), run_ids))
-    return {r: json.loads(t) for r, t in zip(run_ids, texts)}
+    texts = _artifact_texts(uri, list(run_ids), _runs.RECORD_ARTIFACT, cache)
+    return {r: json.loads(t) for r, t in texts.items()}
 
 
 def to_jsonable(df: pd.DataFrame) -> list[dict]:
