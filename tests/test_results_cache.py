@@ -188,3 +188,17 @@ def test_cache_off_writes_nothing(filled, monkeypatch):
     assert len(query.runs(SWEEP, tracking_uri=uri)) == len(ids)
     monkeypatch.delenv("PERMSYM_CACHE")
     assert not cache.cache_path().exists()
+
+
+def test_a_new_scope_never_returns_runs_another_scope_cached_and_the_store_lost(filled):
+    """Every sweep's runs cached by a query of all sweeps; one run deleted; the first query of that one sweep
+    (a scope of its own: one full listing) must not return the deleted run from the cache."""
+    from mlflow import MlflowClient
+
+    uri, _exp, _parent, ids, _recs = filled
+    assert set(query.runs(tracking_uri=uri)["run_id"]) == set(ids.values())
+    victim = ids[_key(REAL[2])]
+    MlflowClient(uri).delete_run(victim)
+    got = set(query.runs(SWEEP, tracking_uri=uri)["run_id"])
+    assert got == set(ids.values()) - {victim}
+    assert victim not in _cached_ids()

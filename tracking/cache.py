@@ -8,7 +8,8 @@ it, `PERMSYM_CACHE=off` turns it off), shared by every store: a store's runs are
 path never sees the old store's runs.
 
 How a query brings it up to date (`finished_runs`), per scope (the experiments and sweep queried):
-- first time: one full listing of the scope's FINISHED trial runs (what an uncached query costs);
+- first time: one full listing of the scope's FINISHED trial runs (what an uncached query costs); cached runs
+  of the scope (from queries of other scopes) that it does not list are dropped;
 - afterwards: only the FINISHED runs with `end_time` >= the newest end time seen minus `MARGIN_MS` (runs
   ended since; the margin, 5 minutes unless PERMSYM_CACHE_MARGIN_S says otherwise, absorbs clocks of nodes
   that disagree by less and runs whose end was committed late), plus two small listings that invalidate: the scope's deleted runs and its runs not
@@ -134,8 +135,10 @@ class ResultsCache:
         scope = hashlib.sha256(json.dumps([sorted(keys.values()), sweep]).encode()).hexdigest()[:24]
         row = self.con.execute("SELECT high_water FROM scopes WHERE scope = ?", (scope,)).fetchone()
         finished = "attributes.status = 'FINISHED'"
-        if row is None:
+        if row is None:                                  # the complete list: whatever else is cached is stale
             new = _search(uri, exp_ids, trial_scope_filter(sweep, finished))
+            listed = {r.info.run_id for r in new}
+            self._drop([c for c in self._cached(keys, sweep) if c[1] not in listed])
         else:
             since = int(row[0]) - MARGIN_MS
             new = _search(uri, exp_ids, trial_scope_filter(sweep, f"{finished} and attributes.end_time >= {since}"))
@@ -156,22 +159,28 @@ class ResultsCache:
             self.con.executemany("INSERT OR REPLACE INTO runs VALUES (?, ?, ?, ?, ?)", rows)
             self.con.executemany("DELETE FROM gone WHERE exp_key = ? AND run_id = ?", [r[:2] for r in rows])
 
-    def _invalidate(self, uri: str, keys: dict[str, str], sweep: str | None, gone_ids: set[str], new: list) -> None:
+    def _cached(self, keys: dict[str, str], sweep: str | None, table: str = "runs") -> list[tuple]:
+        """(exp_key, run_id, sweep) of the scope's runs in `table` (runs: cached; gone: remembered)."""
         kset = list(keys.values())
-        marks = ",".join("?" * len(kset))
         sweep_sql, sweep_arg = ("", []) if sweep is None else (" AND sweep = ?", [sweep])
-        cached = self.con.execute(f"SELECT exp_key, run_id, sweep FROM runs WHERE exp_key IN ({marks}){sweep_sql}",
-                                  [*kset, *sweep_arg]).fetchall()
-        drop = [c for c in cached if c[1] in gone_ids]
-        remembered = self.con.execute(f"SELECT exp_key, run_id FROM gone WHERE exp_key IN ({marks}){sweep_sql}",
-                                      [*kset, *sweep_arg]).fetchall()
+        return self.con.execute(f"SELECT exp_key, run_id, sweep FROM {table} WHERE exp_key IN "
+                                f"({','.join('?' * len(kset))}){sweep_sql}", [*kset, *sweep_arg]).fetchall()
+
+    def _drop(self, rows: list[tuple]) -> None:
+        """Forget cached runs (and their artifacts), remembering them as gone."""
+        if not rows:
+            return
         with self.con:
             self.con.execute("BEGIN")
-            for k, rid, sw in drop:
+            for k, rid, sw in rows:
                 self.con.execute("DELETE FROM runs WHERE exp_key = ? AND run_id = ?", (k, rid))
                 self.con.execute("DELETE FROM artifacts WHERE run_id = ?", (rid,))
                 self.con.execute("INSERT OR REPLACE INTO gone VALUES (?, ?, ?)", (k, rid, sw))
-        back = [rid for _k, rid in remembered if rid not in gone_ids]
+
+    def _invalidate(self, uri: str, keys: dict[str, str], sweep: str | None, gone_ids: set[str], new: list) -> None:
+        self._drop([c for c in self._cached(keys, sweep) if c[1] in gone_ids])
+        remembered = self._cached(keys, sweep, "gone")
+        back = [rid for _k, rid, _s in remembered if rid not in gone_ids]
         if back:                                         # restored (or removed for good): read them again
             c = _runs.client(uri)
             for rid in back:
