@@ -202,3 +202,22 @@ def test_a_new_scope_never_returns_runs_another_scope_cached_and_the_store_lost(
     got = set(query.runs(SWEEP, tracking_uri=uri)["run_id"])
     assert got == set(ids.values()) - {victim}
     assert victim not in _cached_ids()
+
+
+def test_the_benchmark_store_holds_n_distinct_finished_runs(tmp_path, monkeypatch):
+    """benchmarks/bigstore.py: N runs with N distinct keys, their copied points readable, the same through the
+    cache as without it."""
+    import sys
+
+    sys.path.insert(0, str(FIXTURES.parents[1]))
+    from benchmarks import bigstore
+
+    monkeypatch.setenv("PERMSYM_CACHE_DIR", str(tmp_path / "cache"))
+    uri = bigstore.make_sqlite_store(tmp_path / "big", 12, n_seed=4)
+    rdf = query.runs(bigstore.SWEEP, tracking_uri=uri, cache=False)
+    assert len(rdf) == 12 and rdf["trial_key"].nunique() == 12
+    pts = query.points(bigstore.SWEEP, tracking_uri=uri)
+    recs = [json.loads(p.read_text()) for p in bigstore.RECORDS[:4]]      # seed i is record i; 8 copies cycle them
+    assert len(pts) == 3 * sum(len(r["points"]) for r in recs if r["minimum"]["converged"])
+    pd.testing.assert_frame_equal(query.summary(bigstore.SWEEP, tracking_uri=uri, cache=False),
+                                  query.summary(bigstore.SWEEP, tracking_uri=uri))
