@@ -21,6 +21,19 @@ def no_routing_env_leaks():
             os.environ[k] = v
 
 
+@pytest.fixture(autouse=True, scope="session")
+def results_cache_in_tmp(tmp_path_factory):
+    """tracking.cache keeps FINISHED runs in ~/.cache/permsym by default: tests (and the CLIs they start) use a
+    folder of their own session instead."""
+    saved = os.environ.get("PERMSYM_CACHE_DIR")
+    os.environ["PERMSYM_CACHE_DIR"] = str(tmp_path_factory.mktemp("permsym-cache"))
+    yield
+    if saved is None:
+        os.environ.pop("PERMSYM_CACHE_DIR", None)
+    else:
+        os.environ["PERMSYM_CACHE_DIR"] = saved
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """One torch thread for the module: on a shared 2-core machine two threads made the PCA's SVD 15x slower."""

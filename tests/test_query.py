@@ -125,7 +125,9 @@ def test_filters_go_into_the_mlflow_query(uri, monkeypatch):
         return real(tracking_uri, experiment_ids, filter_string, order_by)
 
     monkeypatch.setattr(runs, "search_all", spy)
-    df = query.runs(SWEEP, tracking_uri=uri, task="toy", width_min=4, width_max=4)
+    df = query.runs(SWEEP, tracking_uri=uri, task="toy", width_min=4, width_max=4, cache=False)   # the store's path
+    cached = query.runs(SWEEP, tracking_uri=uri, task="toy", width_min=4, width_max=4)   # filtered from the cache
+    assert list(cached["run_id"]) == list(df["run_id"])
     expect = [r for r in RECORDS if r["config"]["task"] == "toy" and set(r["config"]["widths"]) == {4}]
     assert sorted(df["trial_key"]) == sorted(_key(r) for r in expect)
     f = seen[-1]

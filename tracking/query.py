@@ -6,25 +6,29 @@
     query.summary(sweep="toy")                      # per architecture and (layer, order): counts vs bound
 
 The store is `tracking_uri` if given, else $MLFLOW_TRACKING_URI, else the SQLite store of `results_dir`
-(default ./permsym-results). Filters (sweep, task, activation, width range, depth) are part of the MLflow
-filter string, so the store returns only the matching runs.
+(default ./permsym-results). One run per trial key: a key with two FINISHED runs (two drivers raced on it)
+counts once, its earliest-started run (ties: the smaller run id).
+
+FINISHED runs and their points/records are read through the local cache of tracking.cache (a query on 10,000
+runs reads the store only for what changed since the last one); `cache=False` or PERMSYM_CACHE=off reads
+everything from the store, with the filters (sweep, task, activation, width range, depth) in the MLflow filter
+string. A `filter_string` always bypasses the cache (it is MLflow's language, applied by the store).
 """
 from __future__ import annotations
 
 import json
 import math
 import os
-import re
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
+from . import cache as _cache
 from . import runs as _runs
 from . import store as _store
+from .summary import SUMMARY_DOC, _log10_mean, _log10_sum, layer_orders, summarise  # noqa: F401
 
 TUPLE_PARAMS = ("widths", "orders")
 INT_PARAMS = ("seed", "max_iter", "adam_steps", "path_points")
@@ -32,7 +36,6 @@ FLOAT_PARAMS = ("grad_tol", "lr", "init_scale", "time_limit_s")
 BOOL_PARAMS = ("bias", "gamma_scan", "path_relax", "save_params")
 STR_PARAMS = ("task", "activation", "pairs")
 ARCH_COLUMNS = ("sweep", "task", "activation", "widths", "depth", "seed", "orders")
-_LK = re.compile(r"^L(\d+)_K(\d+)_(.+)$")
 
 
 def resolve_tracking_uri(tracking_uri: str | None = None, results_dir=None) -> str:
@@ -101,10 +104,59 @@ def _filter_string(sweep=None, task=None, activation=None, width_min=None, width
     return " and ".join(parts)
 
 
+def _matches(r: _cache.RunData, task, activation, width_min, width_max, depth, converged_only) -> bool:
+    """The filters of _filter_string, applied to a cached run as the store applies them (a missing param or
+    metric never matches)."""
+    p, m = r.params, r.metrics
+    if task is not None and p.get("task") != str(task):
+        return False
+    if activation is not None and p.get("activation") != str(activation):
+        return False
+    if width_min is not None and not ("arch_width_min" in m and m["arch_width_min"] >= float(width_min)):
+        return False
+    if width_max is not None and not ("arch_width_max" in m and m["arch_width_max"] <= float(width_max)):
+        return False
+    if depth is not None and not ("arch_depth" in m and m["arch_depth"] == float(depth)):
+        return False
+    return not converged_only or r.tags.get("converged") == "true"
+
+
+def one_per_key(found: Sequence[_cache.RunData]) -> list[_cache.RunData]:
+    """The runs in start order (ties: run id), one per (experiment, sweep, trial_key): the earliest-started."""
+    out, seen = [], set()
+    for r in sorted(found, key=lambda r: (r.start_time or 0, r.run_id)):
+        key = r.tags.get("trial_key")
+        if key is not None:
+            k = (r.experiment_id, r.tags.get("sweep"), key)
+            if k in seen:
+                continue
+            seen.add(k)
+        out.append(r)
+    return out
+
+
+def _finished(uri, exp_ids, sweep, task, activation, width_min, width_max, depth, converged_only,
+              filter_string, cache: bool) -> list[_cache.RunData]:
+    store = _cache.open_cache() if cache and filter_string is None else None
+    if store is not None:
+        try:
+            with _runs._guard(uri):
+                found = store.finished_runs(uri, exp_ids, sweep)
+        finally:
+            store.close()
+        found = [r for r in found if _matches(r, task, activation, width_min, width_max, depth, converged_only)]
+    else:
+        filt = _filter_string(sweep, task, activation, width_min, width_max, depth, converged_only, filter_string)
+        with _runs._guard(uri):
+            found = [_cache.RunData.from_mlflow(r) for r in
+                     _runs.search_all(uri, exp_ids, filt, order_by=["attributes.start_time ASC"])]
+    return one_per_key(found)
+
+
 def runs(sweep: str | None = None, experiment: str | None = None, tracking_uri: str | None = None, *,
          results_dir=None, task: str | None = None, activation: str | None = None, width_min: int | None = None,
          width_max: int | None = None, depth: int | None = None, converged_only: bool = False,
-         filter_string: str | None = None) -> pd.DataFrame:
+         filter_string: str | None = None, cache: bool = True) -> pd.DataFrame:
     """One row per FINISHED trial run, with typed columns.
 
     Columns: run_id, sweep, trial_key, attempt, code_version, converged (bool), failure_reason, start_time,
@@ -113,21 +165,22 @@ def runs(sweep: str | None = None, experiment: str | None = None, tracking_uri: 
     log10_minima, L<k>_K<K>_<count>, L<k>_barrier, time_<phase>, ...). Trials that did not converge are
     included with converged=False unless `converged_only`; their counts are absent (NaN).
     `width_min`/`width_max` bound every hidden width, `depth` is the number of hidden layers.
+    One row per trial key (the earliest-started FINISHED run); `cache`: see the module docstring.
     """
     uri = resolve_tracking_uri(tracking_uri, results_dir)
-    exp_ids = _store.experiment_id_for(uri, experiment)
-    filt = _filter_string(sweep, task, activation, width_min, width_max, depth, converged_only, filter_string)
     with _runs._guard(uri):
-        found = _runs.search_all(uri, exp_ids, filt, order_by=["attributes.start_time ASC"])
+        exp_ids = _store.experiment_id_for(uri, experiment)
+    found = _finished(uri, exp_ids, sweep, task, activation, width_min, width_max, depth, converged_only,
+                      filter_string, cache)
     rows = []
     for r in found:
-        tags, params = r.data.tags, r.data.params
-        row = dict(r.data.metrics)                       # the base columns below win over same-named metrics
-        row.update({"run_id": r.info.run_id, "experiment_id": r.info.experiment_id, "sweep": tags.get("sweep"),
+        tags, params = r.tags, r.params
+        row = dict(r.metrics)                            # the base columns below win over same-named metrics
+        row.update({"run_id": r.run_id, "experiment_id": r.experiment_id, "sweep": tags.get("sweep"),
                "trial_key": tags.get("trial_key"), "attempt": int(tags.get("attempt", 1) or 1),
                "code_version": tags.get("code_version"), "converged": tags.get("converged") == "true",
                "failure_reason": tags.get("failure_reason"),
-               "start_time": pd.to_datetime(r.info.start_time, unit="ms", utc=True)})
+               "start_time": r.start_time})
         for k, v in params.items():
             row[k] = _parse_param(k, v)
         if isinstance(row.get("widths"), tuple):
@@ -138,9 +191,10 @@ def runs(sweep: str | None = None, experiment: str | None = None, tracking_uri: 
         return pd.DataFrame(columns=["run_id", "sweep", "trial_key", "converged", *ARCH_COLUMNS[1:]])
     first = ["run_id", "sweep", "trial_key", "task", "activation", "widths", "depth", "seed", "orders", "converged"]
     first = [c for c in first if c in df.columns]
-    metric_cols = sorted({k for r in found for k in r.data.metrics} - set(first))
+    metric_cols = sorted({k for r in found for k in r.metrics} - set(first))
     rest = [c for c in df.columns if c not in first and c not in metric_cols]
     df = df[first + rest + [c for c in metric_cols if c not in first]]
+    df["start_time"] = pd.to_datetime(df["start_time"], unit="ms", utc=True)      # one conversion, not one per run
     for c in ("seed", "depth"):
         if c in df.columns and df[c].notna().all():
             df[c] = df[c].astype(int)
@@ -149,35 +203,46 @@ def runs(sweep: str | None = None, experiment: str | None = None, tracking_uri: 
 
 # --- points ----------------------------------------------------------------------------------------------
 
-def _download_json(uri: str, run_id: str, artifact: str):
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")   # one bar per run otherwise
-    c = _runs.client(uri)
-    with tempfile.TemporaryDirectory(prefix="permsym-q-") as tmp:
-        local = c.download_artifacts(run_id, artifact, tmp)
-        return Path(local).read_text()
-
-
-def _load_points(uri: str, run_ids: Sequence[str]) -> pd.DataFrame:
-    def one(rid):
-        text = _download_json(uri, rid, _runs.POINTS_ARTIFACT)
-        obj = json.loads(text)
-        df = pd.DataFrame(obj["data"], columns=obj["columns"])
-        df["run_id"] = rid
-        return df
-
+def _artifact_texts(uri: str, run_ids: Sequence[str], artifact: str, cache: bool = True) -> dict[str, str]:
+    """run id -> the text of its `artifact`: from the cache for the runs it holds as FINISHED, the rest read
+    from the store (in parallel) and, for those FINISHED runs, kept in the cache."""
     if not run_ids:
-        return pd.DataFrame()
-    workers = 8 if _store.is_http(uri) else 2
-    with _runs._guard(uri), ThreadPoolExecutor(max_workers=min(workers, len(run_ids))) as ex:
-        frames = list(ex.map(one, run_ids))
+        return {}
+    store = _cache.open_cache() if cache else None
+    try:
+        got = store.get_artifacts(artifact, run_ids) if store is not None else {}
+        missing = [r for r in run_ids if r not in got]
+        if missing:
+            where = {r: store.artifact_uri(r) for r in missing} if store is not None else {}
+            workers = 8 if _store.is_http(uri) else 2
+            with _runs._guard(uri), ThreadPoolExecutor(max_workers=min(workers, len(missing))) as ex:
+                texts = list(ex.map(lambda r: _cache.read_artifact(uri, r, artifact, where.get(r)), missing))
+            fresh = dict(zip(missing, texts))
+            if store is not None:
+                store.put_artifacts(artifact, fresh)
+            got.update(fresh)
+        return {r: got[r] for r in run_ids}
+    finally:
+        if store is not None:
+            store.close()
+
+
+def _load_points(uri: str, run_ids: Sequence[str], cache: bool = True) -> pd.DataFrame:
+    texts = _artifact_texts(uri, run_ids, _runs.POINTS_ARTIFACT, cache)
+    by_cols: dict[tuple, list] = {}              # one frame per column layout (schema), not one per run
+    for rid in run_ids:
+        obj = json.loads(texts[rid])
+        rows = by_cols.setdefault(tuple(obj["columns"]), [])
+        rows.extend([*row, rid] for row in obj["data"])
+    frames = [pd.DataFrame(rows, columns=[*cols, "run_id"]) for cols, rows in by_cols.items() if rows]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
-def _points_for(uri: str, rdf: pd.DataFrame) -> pd.DataFrame:
+def _points_for(uri: str, rdf: pd.DataFrame, cache: bool = True) -> pd.DataFrame:
     if rdf.empty:
         return pd.DataFrame()
     have = rdf[(rdf["converged"]) & (rdf.get("n_points", pd.Series(0, index=rdf.index)).fillna(0) > 0)]
-    pdf = _load_points(uri, list(have["run_id"]))
+    pdf = _load_points(uri, list(have["run_id"]), cache)
     if pdf.empty:
         return pdf
     arch = [c for c in ("run_id", *ARCH_COLUMNS, "trial_key") if c in rdf.columns]
@@ -201,7 +266,7 @@ def _points_for(uri: str, rdf: pd.DataFrame) -> pd.DataFrame:
 
 def points(sweep: str | None = None, experiment: str | None = None, tracking_uri: str | None = None, *,
            results_dir=None, task: str | None = None, activation: str | None = None, width_min=None,
-           width_max=None, depth=None, filter_string: str | None = None) -> pd.DataFrame:
+           width_max=None, depth=None, filter_string: str | None = None, cache: bool = True) -> pd.DataFrame:
     """One row per permutation point across the converged trials that match.
 
     Columns: layer, order, reduced_id, neurons, gamma, loss, grad_inf, critical, index, n_zero, tau, gap,
@@ -212,196 +277,32 @@ def points(sweep: str | None = None, experiment: str | None = None, tracking_uri
     """
     uri = resolve_tracking_uri(tracking_uri, results_dir)
     rdf = runs(sweep, experiment, uri, task=task, activation=activation, width_min=width_min,
-               width_max=width_max, depth=depth, converged_only=True, filter_string=filter_string)
-    return _points_for(uri, rdf)
+               width_max=width_max, depth=depth, converged_only=True, filter_string=filter_string, cache=cache)
+    return _points_for(uri, rdf, cache)
 
 
-# --- summary -----------------------------------------------------------------------------------------------
-
-def _log10_mean(values: Iterable) -> float:
-    """log10 of the mean of 10**v over runs; a missing value (None/NaN: a zero count) counts as 0."""
-    vals = [v for v in values]
-    if not vals:
-        return float("nan")
-    finite = [float(v) for v in vals if v is not None and not (isinstance(v, float) and math.isnan(v))]
-    if not finite:
-        return float("nan")
-    m = max(finite)
-    return m + math.log10(sum(10 ** (v - m) for v in finite) / len(vals))
-
-
-def _log10_sum(values: Iterable) -> float:
-    finite = [float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
-    if not finite:
-        return float("nan")
-    m = max(finite)
-    return m + math.log10(sum(10 ** (v - m) for v in finite))
-
-
-def layer_orders(rdf: pd.DataFrame) -> list[tuple[int, int]]:
-    out = set()
-    for c in rdf.columns:
-        m = _LK.match(str(c))
-        if m and m.group(3) == "n_found":
-            out.add((int(m.group(1)), int(m.group(2))))
-    return sorted(out)
-
-
-SUMMARY_DOC = """\
-Columns of summary(): one row per group (the `by` columns) and hidden layer / order K.
-What it measures: the bound stands for ONE irreducible reduced critical point per layer and order (its
-C(n_k - K, K) permutation points, each of multiplicity n_k!/2^K prod_{l != k} n_l!). The counts say how many
-distinct irreducible reduced points the trials found (n_reduced_irreducible, up to permutation) and what index
-their permutation points have; reducible reduced points (on continua: coincident, antiparallel or silent
-neurons, or a smaller network at the same loss) are counted apart (n_reducible) and never multiplied.
-Saddles are certified: index >= 1 and the loss drops as 0.5 lambda eps^2 along every negative direction.
-n_seeds: converged trials behind the row (seeds: which). log10_minima: log10 prod_k n_k! (equivalent minima).
-log10_bound: log10 of the lower bound on K-th order permutation points of this layer.
-log10_critical / log10_saddle / log10_first_order: log10 of the multiplicity-scaled empirical count,
-averaged over seeds in linear space (log10 of the seed-mean of count x multiplicity; a seed that found none
-contributes 0). log10_ratio_*: that minus log10_bound (0: meets the bound, > 0: exceeds, < 0: short).
-n_found .. n_first_order: mean over seeds of the distinct points found per trial.
-frac_first_order: first-order saddles / saddles, pooled over seeds.
-frac_claim_zero: fraction of critical points with n_zero >= n_{k+1} (the abstract's claim);
-frac_claim_guaranteed: with n_neg + n_zero >= n_{k+1}; fa_agreement: fraction of points with a
-Fukumizu-Amari prediction where it equals the Hessian index (n_fa points had one); index_agreement: fraction
-where the split-block prediction (every layer) equals the Hessian index; n_points: critical points of
-irreducible reduced points behind these fractions; frac_ambiguous: zero/non-zero calls flagged ambiguous.
-n_reduced_irreducible / n_reducible / n_undetermined (neither shown reducible nor irreducible: a smaller
-network's re-minimisation ended unconverged at the same loss or lower; never multiplied) / n_uncertified:
-mean per seed. point_index_dist: index -> number of
-critical permutation points of irreducible reduced points, pooled over seeds; reduced_index_dist: the same for
-the irreducible reduced points themselves. Records before schema 2 have these fields empty.
-n_trials / frac_certified / frac_channel: over ALL the group's finished trials (converged or not), the number,
-the fraction whose theta* is a certified minimum, and the fraction whose minimisation ended along a channel to
-infinity (stop reason "channel"); a group with no converged trial still gets one row (layer empty, n_seeds 0)."""
-
-
-def _dist(values) -> str:
-    """'index:count, ...' of a column of integers (NA left out)."""
-    v = pd.Series(values).dropna().astype(int)
-    return ", ".join(f"{k}:{n}" for k, n in sorted(v.value_counts().items()))
-
-
-def _outcomes(rdf: pd.DataFrame, by: list) -> dict[tuple, dict]:
-    """Per group, over ALL its finished trials: n_trials, frac_certified (a certified minimum), frac_channel
-    (the minimisation ran along a channel to infinity; permsym_core.channels)."""
-    out = {}
-    for key, g in rdf.groupby(by, sort=True, dropna=False):
-        key = key if isinstance(key, tuple) else (key,)
-        cert = g["minimum_certified"] if "minimum_certified" in g else pd.Series(float("nan"), index=g.index)
-        chan = g["minimum_channel"] if "minimum_channel" in g else pd.Series(float("nan"), index=g.index)
-        out[key] = {"n_trials": int(len(g)),
-                    "frac_certified": float(cert.fillna(0).mean()) if cert.notna().any() else float("nan"),
-                    "frac_channel": float(chan.fillna(0).mean()) if chan.notna().any() else float("nan")}
-    return out
-
-
-def summarise(rdf: pd.DataFrame, pdf: pd.DataFrame, by: Sequence[str] = ("task", "activation", "widths")
-              ) -> pd.DataFrame:
-    """The summary of already-loaded runs (converged rows are used) and points; see SUMMARY_DOC."""
-    by = list(by)
-    cols = by + ["layer", "order", "n_seeds", "seeds", "log10_minima", "log10_bound", "log10_critical",
-                 "log10_saddle", "log10_first_order", "log10_ratio_critical", "log10_ratio_saddle",
-                 "log10_ratio_first_order", "n_found", "n_critical", "n_saddle", "n_first_order",
-                 "frac_first_order", "frac_claim_zero", "frac_claim_guaranteed", "fa_agreement", "n_fa",
-                 "n_points", "frac_ambiguous", "n_reduced_irreducible", "n_reducible", "n_undetermined",
-                 "n_uncertified", "index_agreement", "point_index_dist", "reduced_index_dist", "n_trials", "frac_certified",
-                 "frac_channel"]
-    if rdf.empty or "converged" not in rdf.columns:
-        return pd.DataFrame(columns=cols)
-    missing = [b for b in by if b not in rdf.columns]
-    if missing:
-        raise ValueError(f"by: unknown column {missing[0]!r}; expected run columns such as task, activation, "
-                         f"widths, depth, seed, orders")
-    outcomes = _outcomes(rdf, by)
-    rdf = rdf[rdf["converged"]]
-    rows = []
-    for key, g in rdf.groupby(by, sort=True, dropna=False):
-        key = key if isinstance(key, tuple) else (key,)
-        gp = pdf[pdf["run_id"].isin(g["run_id"])] if not pdf.empty else pdf
-        for layer, order in layer_orders(g):
-            pre = _runs.count_prefix(layer, order)
-            sub = g[g[pre + "n_found"].notna()]
-            if sub.empty:
-                continue
-            row = dict(zip(by, key))
-            row.update(layer=layer, order=order, n_seeds=len(sub),
-                       seeds=tuple(sorted(int(s) for s in sub["seed"])) if "seed" in sub else ())
-            row["log10_minima"] = float(sub["log10_minima"].mean()) if "log10_minima" in sub else float("nan")
-            row["log10_bound"] = float(sub[pre + "log10_bound"].mean()) if pre + "log10_bound" in sub else float("nan")
-            for kind in ("critical", "saddle", "first_order"):
-                col = pre + "log10_" + kind
-                v = _log10_mean(sub[col]) if col in sub else float("nan")
-                row["log10_" + kind] = v
-                ratio = v - row["log10_bound"]
-                row["log10_ratio_" + kind] = 0.0 if abs(ratio) < 1e-9 else ratio     # rounding noise of log10
-            for kind in ("found", "critical", "saddle", "first_order"):
-                col = pre + "n_" + kind
-                row["n_" + kind] = float(sub[col].fillna(0).mean()) if col in sub else float("nan")
-            for kind in ("reduced_irreducible", "reducible", "undetermined", "uncertified"):
-                col = pre + "n_" + kind
-                row["n_" + kind] = float(sub[col].mean()) if col in sub and sub[col].notna().any() else float("nan")
-            n_sad = sub[pre + "n_saddle"].fillna(0).sum() if pre + "n_saddle" in sub else 0
-            n_fo = sub[pre + "n_first_order"].fillna(0).sum() if pre + "n_first_order" in sub else 0
-            row["frac_first_order"] = float(n_fo / n_sad) if n_sad else float("nan")
-            lp = gp[(gp["layer"] == layer) & (gp["order"] == order) & (gp["critical"].fillna(False))] \
-                if not gp.empty else gp
-            if len(lp) and "reducible" in lp:
-                lp = lp[~lp["reducible"].fillna(False).astype(bool)]      # irreducible only (schema >= 2)
-            if len(lp) and "reducibility_undetermined" in lp:
-                lp = lp[~lp["reducibility_undetermined"].fillna(False).astype(bool)]
-            row["n_points"] = int(len(lp))
-            row["point_index_dist"] = _dist(lp["index"]) if len(lp) else ""
-            red = lp.drop_duplicates(subset=["run_id", "reduced_id"]) if len(lp) and "reduced_index" in lp else lp.iloc[0:0]
-            row["reduced_index_dist"] = _dist(red["reduced_index"]) if len(red) else ""
-            pred = lp[lp["index_predicted"].notna()] if len(lp) else lp
-            row["index_agreement"] = float((pred["index_predicted"] == pred["index"]).astype(float).mean()) \
-                if len(pred) else float("nan")
-            if len(lp):
-                row["frac_claim_zero"] = float(lp["claim_zero_holds"].astype(float).mean())
-                row["frac_claim_guaranteed"] = float(lp["claim_guaranteed_holds"].astype(float).mean()) \
-                    if "claim_guaranteed_holds" in lp else float("nan")
-                fa = lp[lp["fa_index"].notna()] if "fa_index" in lp else lp.iloc[0:0]
-                row["n_fa"] = int(len(fa))
-                row["fa_agreement"] = float((fa["fa_index"] == fa["index"]).astype(float).mean()) if len(fa) \
-                    else float("nan")
-                row["frac_ambiguous"] = float(lp["ambiguous"].astype(float).mean()) if "ambiguous" in lp \
-                    else float("nan")
-            else:
-                row.update(frac_claim_zero=float("nan"), frac_claim_guaranteed=float("nan"), n_fa=0,
-                           fa_agreement=float("nan"), frac_ambiguous=float("nan"))
-            row.update(outcomes[key])
-            rows.append(row)
-    have = {tuple(r[b] for b in by) for r in rows}
-    for key, frac in outcomes.items():      # a group without a converged trial still shows its outcomes
-        if key not in have:
-            rows.append({**dict(zip(by, key)), "n_seeds": 0, **frac})
-    out = pd.DataFrame(rows, columns=cols)
-    return out.sort_values(by + ["layer", "order"], kind="stable").reset_index(drop=True)
-
+# --- summary (tracking.summary) ----------------------------------------------------------------------------
 
 def summary(sweep: str | None = None, experiment: str | None = None, tracking_uri: str | None = None, *,
             by: Sequence[str] = ("task", "activation", "widths"), results_dir=None, task=None, activation=None,
-            width_min=None, width_max=None, depth=None, filter_string: str | None = None) -> pd.DataFrame:
+            width_min=None, width_max=None, depth=None, filter_string: str | None = None,
+            cache: bool = True) -> pd.DataFrame:
     """Per group (`by`) and per (layer, order): the empirical counts against the bound (see SUMMARY_DOC)."""
     uri = resolve_tracking_uri(tracking_uri, results_dir)
     rdf = runs(sweep, experiment, uri, task=task, activation=activation, width_min=width_min,
-               width_max=width_max, depth=depth, converged_only=False, filter_string=filter_string)
-    return summarise(rdf, _points_for(uri, rdf), by)
+               width_max=width_max, depth=depth, converged_only=False, filter_string=filter_string, cache=cache)
+    return summarise(rdf, _points_for(uri, rdf, cache), by)
 
 
 summary.__doc__ += "\n\n" + SUMMARY_DOC
 
 
-def records(run_ids: Sequence[str], tracking_uri: str | None = None, results_dir=None) -> dict[str, dict]:
-    """The full trial records (trial_record.json) of the given runs, by run id."""
+def records(run_ids: Sequence[str], tracking_uri: str | None = None, results_dir=None, *,
+            cache: bool = True) -> dict[str, dict]:
+    """The full trial records (trial_record.json) of the given runs, by run id (cached for FINISHED runs)."""
     uri = resolve_tracking_uri(tracking_uri, results_dir)
-    if not run_ids:
-        return {}
-    with _runs._guard(uri), ThreadPoolExecutor(max_workers=min(4, len(run_ids))) as ex:
-        texts = list(ex.map(lambda r: _download_json(uri, r, _runs.RECORD_ARTIFACT), run_ids))
-    return {r: json.loads(t) for r, t in zip(run_ids, texts)}
+    texts = _artifact_texts(uri, list(run_ids), _runs.RECORD_ARTIFACT, cache)
+    return {r: json.loads(t) for r, t in texts.items()}
 
 
 def to_jsonable(df: pd.DataFrame) -> list[dict]:
