@@ -129,6 +129,8 @@ class Grid(_Model):
     path_relax: _values(bool) = None
     path_points: _values(Annotated[int, Field(ge=3)]) = None
     save_params: _values(bool) = None
+    device: _values(Literal["auto", "cpu", "cuda"]) = None
+    dense_max_params: _values(Optional[PosInt]) = None
 
     #: grid key -> TrialConfig field
     FIELD_OF: ClassVar[dict[str, str]] = {"widths": "widths", "activations": "activation", "seeds": "seed", "orders": "orders"}
@@ -187,6 +189,10 @@ class SweepSpec(_Model):
             if grid is None or grid == {}:
                 raise PydanticCustomError("permsym", "grid: expected a non-empty mapping of trial options "
                                           "(widths, activations, seeds, ...), got {got}", {"got": repr(grid)})
+            dev = grid.get("device") if isinstance(grid, dict) else None
+            if isinstance(dev, list) and len(dev) > 1:      # not in the trial key: two values, one key twice
+                raise PydanticCustomError("permsym", "grid.device: expected one device for the whole sweep (it "
+                                          "is not part of the trial key), got {got}", {"got": repr(dev)})
             if "trial_time_limit_s" in data:
                 data = {**data, "trial_time_limit_s": _number(data["trial_time_limit_s"])}
         return data
