@@ -23,11 +23,12 @@ from .counting import count_rows
 from .landscape import LOSS_CONVENTION, Landscape
 from .minimize import minimise
 from .mlp import MLPSpec, params_to_json
-from .paths import path_record, trace_half
+from .paths import PATH_PRECONDITIONER, PATH_REFRESH, path_record
 from .permutation import (GAMMA_GRID, c_spectrum, fa_matrix, fa_prediction, negative_lower_bound, plateau_check,
                           predicted_index, split_eigenvalues)
 from .points import analyse_point
 from .spectra import analyse_landscape
+from .strings import trace_halves
 from .tasks import make_task
 from .valleys import build_valley, permuted_minimum_path
 
@@ -123,6 +124,11 @@ class _Trial:
                 minimum["params"] = params_to_json(self.spec, pol.theta)
         self._tick("minimum", t0)
         return minimum
+
+    def pair_sets(self, layer: int, order: int) -> list[tuple[tuple[int, int], ...]]:
+        """The pair sets of (layer, order) to merge: cfg.pairs, at most cfg.max_pair_sets (surgery.pair_sets)."""
+        return surgery.pair_sets(self.spec, self.theta_star, layer, self.cfg.pairs, order,
+                                 limit=self.cfg.max_pair_sets, seed=self.cfg.seed)
 
     # 2. reduced networks ---------------------------------------------------------------------------
     def reduce(self, layer: int, order: int) -> None:
@@ -290,12 +296,15 @@ class _Trial:
 
     # 7. paths ---------------------------------------------------------------------------------------
     def trace_paths(self) -> None:
+        """Every traced path starts at theta*: all of them are relaxed in one batch (permsym_core.strings)."""
         t0 = time.perf_counter()
         items = sorted(self.pair_points.items())
-        for n_done, ((layer, pair), theta_p) in enumerate(items):
+        self.phase("paths", 0, len(items))
+        halves = (trace_halves(self.landscape, self.theta_star, torch.stack([p for _, p in items]),
+                               (max(self.cfg.path_points, 3) + 1) // 2, relax=self.cfg.path_relax,
+                               precond=PATH_PRECONDITIONER, refresh=PATH_REFRESH) if items else [])
+        for n_done, (((layer, pair), theta_p), half) in enumerate(zip(items, halves)):
             self.phase("paths", n_done, len(items))
-            half = trace_half(self.landscape, self.theta_star, theta_p, (max(self.cfg.path_points, 3) + 1) // 2,
-                              relax=self.cfg.path_relax)
             self.halves[(layer, pair)] = half
             rec = path_record(self.landscape, half, layer, pair)
             point = self._matching_point(layer, theta_p, rec["point_loss"])
