@@ -128,3 +128,47 @@ def test_path_record_mirror_is_the_swap():
     rec = path_record(land, half, 2, (0, 2))
     want = [land.loss(surgery.swap(land.spec, x, 2, 0, 2)) for x in half.images.flip(0)[1:]]
     assert rec["losses"][len(half.losses):] == pytest.approx(want, rel=1e-13)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_analyse_points_are_analyse_point(case):
+    """Permutation-like points (neurons duplicated, gamma 1/2, so exact zero modes are there) and their
+    Newton-like neighbours: the batched analysis gives the sequential one's index, n_zero, n_pos, tau,
+    eigenvalues and escape verdicts."""
+    from permsym_core import surgery
+    from permsym_core.point_batch import analyse_points
+    from permsym_core.points import analyse_point
+
+    big = CASES[case]()
+    layer = 1
+    red_spec = surgery.with_width(big.spec, layer, big.spec.widths[layer] - 1)
+    thetas, nexts = [], []
+    for s in range(4):
+        red = red_spec.init(s)
+        thetas.append(surgery.duplicate(red_spec, red, layer, [s % red_spec.widths[layer]], 0.5)[1])
+        nexts.append(thetas[-1] + 1e-7 * big.spec.init(100 + s))
+    thetas, nexts = torch.stack(thetas), torch.stack(nexts)
+    grad_infs = batched_loss_grad(big, thetas)[1].abs().amax(1).tolist()
+    got = analyse_points(big, thetas, grad_infs, nexts)
+    assert any(a.report.index >= 1 for a in got)
+    for b, a in enumerate(got):
+        ref = analyse_point(big, thetas[b], grad_infs[b], theta_next=nexts[b])
+        r, q = a.report, ref.report
+        assert (r.index, r.n_zero, r.n_pos, r.counts_agree) == (q.index, q.n_zero, q.n_pos, q.counts_agree)
+        assert r.tau == pytest.approx(q.tau, rel=1e-8)
+        scale = max(abs(q.lambda_max), 1e-300)
+        assert max(abs(x - y) for x, y in zip(r.lowest_eigenvalues, q.lowest_eigenvalues)) <= 1e-10 * scale
+        assert a.saddle == ref.saddle
+        if ref.escape is not None:
+            assert (a.escape.n_negative, a.escape.n_checked) == (ref.escape.n_negative, ref.escape.n_checked)
+
+
+def test_gamma_line_split_eigenvalues_are_the_pointwise_ones():
+    from permsym_core.permutation import GAMMA_GRID, split_eigenvalues, split_eigenvalues_line
+
+    land = CASES["teacher2"]()
+    theta = land.spec.init(5)
+    for layer in (1, 2):
+        line = split_eigenvalues_line(land, theta, layer, 1, GAMMA_GRID)
+        for g, e in zip(GAMMA_GRID, line):
+            assert e.tolist() == split_eigenvalues(land, theta, layer, 1, g).tolist()
