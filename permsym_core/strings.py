@@ -20,6 +20,8 @@ from .hessian import dense_fits
 from .landscape import Landscape
 from .paths import LOCAL_SHIFT, PRECONDITIONERS, SHARED_SHIFT, HalfPath, _lambda_max
 
+GROUP_ELEMS = 1 << 26      # trace_halves relaxes paths in groups whose per-image factors (P x P) total at most this
+
 
 def _tangents(images: Tensor, energies: Tensor) -> Tensor:
     """paths._tangents with a leading path dimension: images (B, n, P), energies (B, n) -> (B, n-2, P)."""
@@ -166,7 +168,8 @@ def string_paths(landscape: Landscape, start: Tensor, ends: Tensor, n_images: in
 
 def trace_halves(landscape: Landscape, theta_star: Tensor, points: Tensor, n_images: int, relax: bool = True,
                  iters: int = 60, precond: str = "auto", refresh: int = 1) -> list[HalfPath]:
-    """paths.trace_half for every row of points (B, P), the straight lines and the string method batched."""
+    """paths.trace_half for every row of points (B, P), the straight lines and the string method batched (in
+    groups of paths small enough that the local preconditioner's stored eigenvectors stay under GROUP_ELEMS)."""
     theta_star = landscape.as_theta(theta_star)
     points = landscape.as_theta(points)
     ts = torch.linspace(0, 1, n_images, dtype=theta_star.dtype, device=theta_star.device)[None, :, None]
@@ -177,7 +180,13 @@ def trace_halves(landscape: Landscape, theta_star: Tensor, points: Tensor, n_ima
     if not relax:
         return [HalfPath(straight[b], s_list[b], None, s_list[b], s_perp[b], s_perp[b])
                 for b in range(points.shape[0])]
-    images, losses, infos = string_paths(landscape, theta_star, points, n_images, iters, precond, refresh)
-    l_list = losses.tolist()
-    return [HalfPath(images[b], l_list[b], infos[b], s_list[b], s_perp[b], infos[b]["max_perp_grad"])
-            for b in range(points.shape[0])]
+    P = points.shape[1]
+    group = max(1, GROUP_ELEMS // max((n_images - 2) * P * P, 1))     # the local factors of a group fit
+    out = []
+    for a in range(0, points.shape[0], group):
+        images, losses, infos = string_paths(landscape, theta_star, points[a:a + group], n_images, iters, precond,
+                                             refresh)
+        l_list = losses.tolist()
+        out += [HalfPath(images[b], l_list[b], infos[b], s_list[a + b], s_perp[a + b], infos[b]["max_perp_grad"])
+                for b in range(images.shape[0])]
+    return out

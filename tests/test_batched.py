@@ -172,3 +172,16 @@ def test_gamma_line_split_eigenvalues_are_the_pointwise_ones():
         line = split_eigenvalues_line(land, theta, layer, 1, GAMMA_GRID)
         for g, e in zip(GAMMA_GRID, line):
             assert e.tolist() == split_eigenvalues(land, theta, layer, 1, g).tolist()
+
+
+def test_trace_halves_in_groups_is_one_batch(monkeypatch):
+    """Paths relaxed in groups (a memory bound) are the paths relaxed all at once."""
+    import permsym_core.strings as strings
+
+    land = CASES["toy"]()
+    start, ends = _ends(land, 3)
+    whole = trace_halves(land, start, ends, 5, iters=4, precond="local", refresh=2)
+    monkeypatch.setattr(strings, "GROUP_ELEMS", 1)
+    grouped = trace_halves(land, start, ends, 5, iters=4, precond="local", refresh=2)
+    for w, g in zip(whole, grouped):
+        assert g.losses == pytest.approx(w.losses, rel=1e-9) and g.string["iterations"] == w.string["iterations"]
