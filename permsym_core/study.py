@@ -313,7 +313,8 @@ class _Trial:
                                (max(self.cfg.path_points, 3) + 1) // 2, relax=self.cfg.path_relax,
                                precond=PATH_PRECONDITIONER, refresh=PATH_REFRESH) if items else [])
         for n_done, (((layer, pair), theta_p), half) in enumerate(zip(items, halves)):
-            self.phase("paths", n_done, len(items))
+            if n_done:
+                self.phase("paths", n_done, len(items))
             self.halves[(layer, pair)] = half
             rec = path_record(self.landscape, half, layer, pair)
             point = self._matching_point(layer, theta_p, rec["point_loss"])
@@ -389,8 +390,8 @@ def run_trial(config: TrialConfig | dict, on_phase: PhaseCallback | None = None)
 
     on_phase(phase, k, n), when given, is called as the trial goes: ("minimum", 0, 1), then for each
     (layer, order) ("reduced L<layer>K<order>", k, n) before the k-th of n reduced trainings,
-    ("points L<layer>K<order>", k, n) before the k-th of n reduced points' analyses, ("paths", k, n)
-    before the k-th of n paths, ("valleys", 0, 1), and ("done", 1, 1). It must be cheap and must not raise."""
+    ("points L<layer>K<order>", k, n) before the k-th of n reduced points' analyses, ("paths", 0, n)
+    before the n paths are relaxed together and ("paths", k, n) as the k-th one's record is assembled, ("valleys", 0, 1), and ("done", 1, 1). It must be cheap and must not raise."""
     cfg = config if isinstance(config, TrialConfig) else TrialConfig.from_dict(config)
     phase = on_phase or (lambda _p, _k, _n: None)
     t_start = time.perf_counter()
