@@ -48,3 +48,21 @@ def analyse_points(landscape, thetas: Tensor, grad_infs: list[float], theta_next
         for c, b in enumerate(todo):
             out[b].escape = escape(landscape, thetas[b], lam[c], V[c], reports[b].tau)
     return out
+
+
+def gamma_line(landscape, red_landscape, red_theta: Tensor, layer: int, neuron: int, reduced_index: int,
+               gammas) -> dict:
+    """Index and n_zero of the full network along the gamma-line of one duplicated neuron of the reduced point
+    (red_landscape, red_theta), beside the index the split block M_gamma predicts: the points of the line
+    analysed as one batch (their gradients too), B and C of the block computed once."""
+    from . import surgery
+    from .batched import batched_loss_grad
+    from .permutation import predicted_index, split_eigenvalues_line
+
+    spec = red_landscape.spec
+    thetas = torch.stack([surgery.duplicate(spec, red_theta, layer, [neuron], g)[1] for g in gammas])
+    grad_infs = batched_loss_grad(landscape, thetas)[1].abs().amax(1).tolist()
+    reports = [a.report for a in analyse_points(landscape, thetas, grad_infs, check_escape=False)]
+    blocks = split_eigenvalues_line(red_landscape, red_theta, layer, neuron, gammas)
+    return {"gammas": list(gammas), "index": [r.index for r in reports], "n_zero": [r.n_zero for r in reports],
+            "index_predicted": [predicted_index([e], reduced_index, r.tau) for e, r in zip(blocks, reports)]}

@@ -26,9 +26,9 @@ from .batched import batched_loss_grad
 from .mlp import MLPSpec, params_to_json
 from .paths import PATH_PRECONDITIONER, PATH_REFRESH, path_record
 from .permutation import (GAMMA_GRID, c_spectrum, fa_matrix, fa_prediction, negative_lower_bound, plateau_check,
-                          predicted_index, split_eigenvalues, split_eigenvalues_line)
+                          predicted_index, split_eigenvalues)
 from .points import analyse_point
-from .point_batch import analyse_points
+from .point_batch import analyse_points, gamma_line
 from .strings import trace_halves
 from .tasks import make_task
 from .valleys import build_valley, permuted_minimum_path
@@ -292,15 +292,8 @@ class _Trial:
         """Index and n_zero along the gamma-line of one duplicated neuron, beside the index predicted by the
         split block M_gamma (permsym_core.permutation) for any number of next-layer units."""
         t0 = time.perf_counter()
-        thetas = torch.stack([surgery.duplicate(st.spec, st.theta, layer, [neuron], g)[1] for g in GAMMA_GRID])
-        grad_infs = batched_loss_grad(self.landscape, thetas)[1].abs().amax(1).tolist()
-        reports = [a.report for a in analyse_points(self.landscape, thetas, grad_infs, check_escape=False)]
-        blocks = split_eigenvalues_line(st.landscape, st.theta, layer, neuron, GAMMA_GRID)
-        idx = [rep.index for rep in reports]
-        zeros = [rep.n_zero for rep in reports]
-        pred = [predicted_index([e], item["index"], rep.tau) for e, rep in zip(blocks, reports)]
-        self.gamma_scan.append({"layer": layer, "reduced_id": rid, "neuron": neuron, "gammas": list(GAMMA_GRID),
-                                "index": idx, "n_zero": zeros, "index_predicted": pred})
+        line = gamma_line(self.landscape, st.landscape, st.theta, layer, neuron, item["index"], GAMMA_GRID)
+        self.gamma_scan.append({"layer": layer, "reduced_id": rid, "neuron": neuron, **line})
         self.timings["gamma_scan"] = self.timings.get("gamma_scan", 0.0) + time.perf_counter() - t0
 
     # 7. paths ---------------------------------------------------------------------------------------
