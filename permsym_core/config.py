@@ -31,6 +31,7 @@ class TrialConfig:
     task_options: dict = field(default_factory=dict)
     orders: tuple[int, ...] = (1,)       # K values; each must be <= floor(n_k / 2) for the layer to get points
     pairs: str = "all"                   # "all" | "nearest" | "random:N"
+    max_pair_sets: int | None = None     # per (layer, order): at most this many pair sets merged; None: all
     grad_tol: float = 1e-10
     max_iter: int = 2000                 # second-order iterations per minimisation
     adam_steps: int = 3000               # first-order warm-up steps
@@ -72,6 +73,9 @@ class TrialConfig:
                                           and p[7:].isdigit() and int(p[7:]) >= 1)
         if not ok:
             fail("pairs", "'all', 'nearest' or 'random:N' with N >= 1", p)
+        m = self.max_pair_sets
+        if m is not None and (isinstance(m, bool) or not isinstance(m, int) or m < 1):
+            fail("max_pair_sets", "an integer >= 1 or null", m)
         if not isinstance(self.task_options, dict):
             fail("task_options", "a mapping", self.task_options)
         for name in ("grad_tol", "lr", "init_scale"):
@@ -115,7 +119,11 @@ class TrialConfig:
         return cls(**d)
 
     def to_dict(self) -> dict:
+        """The fields as a JSON-able dict; max_pair_sets only when set, so that the trial keys of configs
+        written before it existed (and meaning the same: no budget) do not change."""
         d = dataclasses.asdict(self)
+        if d["max_pair_sets"] is None:
+            del d["max_pair_sets"]
         d["widths"] = list(self.widths)
         d["orders"] = list(self.orders)
         return d

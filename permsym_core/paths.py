@@ -56,24 +56,62 @@ def _batched_loss_grad(landscape: Landscape):
     return evaluate
 
 
-def _preconditioner(landscape: Landscape, theta: Tensor, local_max_P: int = 400):
-    """(images, g) -> M^{-1} g per image. For P <= local_max_P, M = |H(image)| + 1e-8 lambda_max I (absolute
-    eigenvalues, as in saddle-free Newton); up to P = 4000, M = |H(theta*)| + 1e-6 lambda_max I for every
-    image (the preconditioned NEB of Makri, Ortner and Kermode 2019); beyond, 1/lambda_max."""
+PRECONDITIONERS = ("auto", "local", "start", "ends", "scalar")
+PATH_PRECONDITIONER = "auto"      # what a trial uses (permsym_core.study); see _preconditioner
+PATH_REFRESH = 10                 # ... and how often its per-image Hessians are rebuilt (iterations)
+LOCAL_SHIFT, SHARED_SHIFT = 1e-8, 1e-6     # M = |H| + shift * max|lambda| I
+
+
+def _abs_solver(H: Tensor, rel_shift: float):
+    """g -> (|H| + rel_shift max|lambda| I)^{-1} g (absolute eigenvalues, as in saddle-free Newton)."""
+    eigs, vecs = torch.linalg.eigh(H)
+    scale = eigs.abs() + rel_shift * float(eigs.abs().max())
+    return lambda g: (g @ vecs) / scale @ vecs.T
+
+
+def _preconditioner(landscape: Landscape, theta: Tensor, local_max_P: int = 400, mode: str = "auto",
+                    end: Tensor | None = None, refresh: int = 1):
+    """(images, g) -> M^{-1} g per interior image (images[m] the (m+1)-th of n, both ends excluded).
+
+    mode "local": M = |H(image)| + LOCAL_SHIFT lambda_max I per image (a dense Hessian and eigh per image and
+    iteration, or, with refresh R > 1, rebuilt at the images of every R-th call only and kept in between);
+    "start": M = |H(theta)| + SHARED_SHIFT lambda_max I for every image (the preconditioned NEB of
+    Makri, Ortner and Kermode 2019); "ends": M^{-1} = (1 - t) M_start^{-1} + t M_end^{-1}, t = m / (n - 1) the
+    image's place on the path, M_x = |H(x)| + LOCAL_SHIFT lambda_max I at the path's two ends (two Hessians per
+    path, the start's shared by every path from theta*: SPD, and |H| of the saddle where the string crosses
+    it); "scalar": 1/lambda_max(theta). "auto" (the former rule): local for P <= local_max_P, start up to
+    P = 4000 when dense fits, scalar beyond. A dense mode falls back to scalar when the Hessian does not fit."""
     from .hessian import dense_fits
 
+    if mode not in PRECONDITIONERS:
+        raise ValueError(f"precond: expected one of {', '.join(PRECONDITIONERS)}, got {mode!r}")
     P = theta.numel()
+    if mode == "auto":
+        mode = "local" if P <= local_max_P else ("start" if P <= 4000 and dense_fits(P, theta.device) else "scalar")
+    elif mode != "scalar" and not dense_fits(P, theta.device):
+        mode = "scalar"
+    if mode == "local":
+        state = {"calls": 0, "solvers": None}
 
-    def solve(H: Tensor, g: Tensor, rel_shift: float) -> Tensor:
-        eigs, vecs = torch.linalg.eigh(H)
-        scale = eigs.abs() + rel_shift * float(eigs.abs().max())
-        return (g @ vecs) / scale @ vecs.T
+        def solve_local(images, g):
+            if state["calls"] % refresh == 0:
+                state["solvers"] = [_abs_solver(landscape.hessian(x), LOCAL_SHIFT) for x in images]
+            state["calls"] += 1
+            return torch.stack([solve(gi) for solve, gi in zip(state["solvers"], g)])
+        return solve_local
+    if mode == "start":
+        solve = _abs_solver(landscape.hessian(theta), SHARED_SHIFT)
+        return lambda images, g: solve(g)
+    if mode == "ends":
+        if end is None:
+            raise ValueError("precond 'ends': the path's end point is needed")
+        s0, s1 = _abs_solver(landscape.hessian(theta), LOCAL_SHIFT), _abs_solver(landscape.hessian(end), LOCAL_SHIFT)
 
-    if P <= local_max_P:
-        return lambda images, g: torch.stack([solve(landscape.hessian(x), gi, 1e-8) for x, gi in zip(images, g)])
-    if P <= 4000 and dense_fits(P, theta.device):
-        H0 = landscape.hessian(theta)
-        return lambda images, g: solve(H0, g, 1e-6)
+        def solve_ends(images, g):
+            n = images.shape[0] + 2
+            t = torch.arange(1, n - 1, dtype=g.dtype, device=g.device)[:, None] / (n - 1)
+            return (1 - t) * s0(g) + t * s1(g)
+        return solve_ends
     lam_max = max(_lambda_max(landscape, theta), 1e-12)
     return lambda images, g: g / lam_max
 
@@ -92,17 +130,19 @@ def _reparametrise(images: Tensor) -> Tensor:
     return out
 
 
-def string_path(landscape: Landscape, start: Tensor, end: Tensor, n_images: int = 21, iters: int = 60
-                ) -> tuple[Tensor, Tensor, dict]:
+def string_path(landscape: Landscape, start: Tensor, end: Tensor, n_images: int = 21, iters: int = 60,
+                precond: str = "auto", refresh: int = 1) -> tuple[Tensor, Tensor, dict]:
     """Relax the straight line start -> end (both fixed) into a minimum-energy path by the simplified string
     method (E, Ren and Vanden-Eijnden 2007): a preconditioned descent step of every interior image, each kept
     only when it lowers that image's loss (its own trust radius shrinks otherwise), then reparametrisation to
     equal arc length. Returns (images, losses, info): info has the iterations, whether it stopped for want of a
-    descent step (stalled), and the largest gradient component perpendicular to the path that remains."""
+    descent step (stalled), and the largest gradient component perpendicular to the path that remains.
+    precond: see _preconditioner. This is the one-path reference; permsym_core.strings relaxes many paths in
+    one batch, the same arithmetic."""
     ts = torch.linspace(0, 1, n_images, dtype=start.dtype, device=start.device)[:, None]
     images = (1 - ts) * start + ts * end
     evaluate = _batched_loss_grad(landscape)
-    precond = _preconditioner(landscape, start)
+    precond = _preconditioner(landscape, start, mode=precond, end=end, refresh=refresh)
     losses, grads = evaluate(images)
     spacing = float((end - start).norm()) / (n_images - 1)
     radius = torch.full((n_images - 2, 1), 0.5 * spacing, dtype=start.dtype, device=start.device)
@@ -166,7 +206,7 @@ class HalfPath:
 
 
 def trace_half(landscape: Landscape, theta_star: Tensor, point: Tensor, n_images: int, relax: bool = True,
-               iters: int = 60) -> HalfPath:
+               iters: int = 60, precond: str = "auto", refresh: int = 1) -> HalfPath:
     """The first half of a permutation path: the straight line theta* -> point, relaxed by string_path when
     `relax`, with the straight line's measurements beside it."""
     ts = torch.linspace(0, 1, n_images, dtype=theta_star.dtype, device=theta_star.device)[:, None]
@@ -176,15 +216,20 @@ def trace_half(landscape: Landscape, theta_star: Tensor, point: Tensor, n_images
     s_losses = [float(v) for v in s_losses]
     if not relax:
         return HalfPath(straight, s_losses, None, s_losses, s_perp, s_perp)
-    images, losses, info = string_path(landscape, theta_star, point, n_images=n_images, iters=iters)
+    images, losses, info = string_path(landscape, theta_star, point, n_images=n_images, iters=iters,
+                                     precond=precond, refresh=refresh)
     return HalfPath(images, [float(v) for v in losses], info, s_losses, s_perp, info["max_perp_grad"])
 
 
 def path_record(landscape: Landscape, half: HalfPath, layer: int, pair: tuple[int, int]) -> dict:
     """The record of theta* -> point -> P_ij theta* (the second half the mirror image of `half`)."""
     spec = landscape.spec
-    mirrored = [surgery.swap(spec, x, layer, *pair) for x in half.images.flip(0)[1:]]
-    all_losses = half.losses + [landscape.loss(x) for x in mirrored]
+    from .batched import batched_loss
+
+    index = torch.arange(spec.n_params, dtype=half.images.dtype, device=half.images.device)
+    swapped = surgery.swap(spec, index, layer, *pair).long()      # P_ij as a gather of parameters
+    mirrored = half.images.flip(0)[1:][:, swapped]
+    all_losses = half.losses + batched_loss(landscape, mirrored).tolist()
     barrier = max(all_losses) - all_losses[0]
     straight_barrier = max(half.straight_losses) - half.straight_losses[0]
     point_loss = half.losses[-1]

@@ -77,7 +77,10 @@ def split_block(landscape: Landscape, theta: Tensor, layer: int, neuron: int, ga
     """M_gamma = [[gamma (1 - gamma) B, C], [C^T, 0]] of neuron m at the reduced point theta; at gamma = 1/2
     it is returned as S = [[B/2, C], [C^T, 0]], whose eigenvalues are exactly the Hessian's on the
     antisymmetric directions of the duplicated pair (at other gamma only its inertia is the Hessian's)."""
-    B, C = _neuron_terms(landscape, theta, layer, neuron)
+    return _split_block(*_neuron_terms(landscape, theta, layer, neuron), gamma)
+
+
+def _split_block(B: Tensor, C: Tensor, gamma: float) -> np.ndarray:
     c = 0.5 if gamma == 0.5 else gamma * (1.0 - gamma)
     n_in, n_out = C.shape
     M = torch.zeros(n_in + n_out, n_in + n_out, dtype=B.dtype, device=B.device)
@@ -90,6 +93,13 @@ def split_block(landscape: Landscape, theta: Tensor, layer: int, neuron: int, ga
 def split_eigenvalues(landscape: Landscape, theta: Tensor, layer: int, neuron: int, gamma: float = 0.5
                       ) -> np.ndarray:
     return np.linalg.eigvalsh(split_block(landscape, theta, layer, neuron, gamma))
+
+
+def split_eigenvalues_line(landscape: Landscape, theta: Tensor, layer: int, neuron: int,
+                           gammas: Sequence[float]) -> list[np.ndarray]:
+    """split_eigenvalues at every gamma of a line, B and C computed once."""
+    B, C = _neuron_terms(landscape, theta, layer, neuron)
+    return [np.linalg.eigvalsh(_split_block(B, C, g)) for g in gammas]
 
 
 def predicted_index(block_eigs: Sequence[np.ndarray], reduced_index: int, tau: float) -> int:

@@ -247,11 +247,13 @@ def _report(eigs: np.ndarray, P: int, grad_inf: float, tau: float | None, abs_ma
                           n_eigs=int(len(eigs)))
 
 
-def analyse(H, grad_inf: float, tau: float | None = None, hessian_shift: float | None = None) -> SpectrumReport:
+def analyse(H, grad_inf: float, tau: float | None = None, hessian_shift: float | None = None,
+            eigs: np.ndarray | None = None) -> SpectrumReport:
     """Dense analysis: all eigenvalues, tau (derived unless given), counts by eigenvalues and by spectrum
-    slicing (the reported counts are the inertia ones, which are exact for H + E, |E| ~ floor)."""
+    slicing (the reported counts are the inertia ones, which are exact for H + E, |E| ~ floor). `eigs`, when
+    given, are H's eigenvalues (ascending) already computed, e.g. by one batched eigvalsh over many points."""
     Ht = _as_float64_tensor(H)
-    eigs = eigenvalues(Ht)
+    eigs = eigenvalues(Ht) if eigs is None else np.asarray(eigs, dtype=np.float64)
     P = eigs.size
     rep = _report(eigs, P, grad_inf, tau, None, float(eigs[-1]) if P else 0.0, hessian_shift)
     ci = count(Ht, rep.tau)

@@ -22,12 +22,14 @@ from .config import SCHEMA_VERSION, TrialConfig
 from .counting import count_rows
 from .landscape import LOSS_CONVENTION, Landscape
 from .minimize import minimise
+from .batched import batched_loss_grad
 from .mlp import MLPSpec, params_to_json
-from .paths import path_record, trace_half
+from .paths import PATH_PRECONDITIONER, PATH_REFRESH, path_record
 from .permutation import (GAMMA_GRID, c_spectrum, fa_matrix, fa_prediction, negative_lower_bound, plateau_check,
                           predicted_index, split_eigenvalues)
 from .points import analyse_point
-from .spectra import analyse_landscape
+from .point_batch import analyse_points, gamma_line
+from .strings import trace_halves
 from .tasks import make_task
 from .valleys import build_valley, permuted_minimum_path
 
@@ -123,6 +125,11 @@ class _Trial:
                 minimum["params"] = params_to_json(self.spec, pol.theta)
         self._tick("minimum", t0)
         return minimum
+
+    def pair_sets(self, layer: int, order: int) -> list[tuple[tuple[int, int], ...]]:
+        """The pair sets of (layer, order) to merge: cfg.pairs, at most cfg.max_pair_sets (surgery.pair_sets)."""
+        return surgery.pair_sets(self.spec, self.theta_star, layer, self.cfg.pairs, order,
+                                 limit=self.cfg.max_pair_sets, seed=self.cfg.seed)
 
     # 2. reduced networks ---------------------------------------------------------------------------
     def reduce(self, layer: int, order: int) -> None:
@@ -225,23 +232,32 @@ class _Trial:
             B_eigs = ({m: np.linalg.eigvalsh(fa_matrix(st.landscape, st.theta, layer, m)) for m in range(n_red)}
                       if plateau_unit == 1 else {})
             ranks = {m: c_spectrum(st.landscape, st.theta, layer, m) for m in range(n_red)}
-            for neurons in combinations(range(n_red), order):
+            combos = list(combinations(range(n_red), order))
+            for neurons, measured in zip(combos, self._measure_points(layer, st, combos)):
                 self.points.append(self._point(layer, order, rid, item, st, neurons, plateau_unit, log10_mult,
-                                               block_eigs, B_eigs, ranks))
+                                               block_eigs, B_eigs, ranks, measured))
                 if scan and order == 1 and not item["reducible"]:
                     self._scan(layer, rid, neurons[0], st, item)
         self.timings["points"] = (self.timings.get("points", 0.0) + time.perf_counter() - t0
                                   - (self.timings.get("gamma_scan", 0.0) - scan_before))
 
-    def _point(self, layer, order, rid, item, st, neurons, plateau_unit, log10_mult, block_eigs, B_eigs, ranks):
-        _, theta_p = surgery.duplicate(st.spec, st.theta, layer, neurons, 0.5)
-        loss_p, grad_p = self.landscape.loss_grad(theta_p)
-        grad_inf = float(grad_p.abs().max())
+    def _measure_points(self, layer, st, combos):
+        """(theta_p, loss, grad_inf, PointAnalysis) of the permutation points duplicating each combination of
+        the reduced point's neurons: losses and gradients in one batched call, the analyses batched
+        (point_batch.analyse_points; points.analyse_point one at a time is its reference)."""
+        thetas = torch.stack([surgery.duplicate(st.spec, st.theta, layer, nn, 0.5)[1] for nn in combos])
+        losses, grads = batched_loss_grad(self.landscape, thetas)
+        grad_infs = grads.abs().amax(1).tolist()
         # the point's Newton correction is the reduced one's, duplicated (the gradient lies in the symmetric
         # subspace, on which the Hessian is congruent to the reduced one)
-        nxt = (surgery.duplicate(st.spec, st.theta + st.newton_step, layer, neurons, 0.5)[1]
+        nxt = (torch.stack([surgery.duplicate(st.spec, st.theta + st.newton_step, layer, nn, 0.5)[1] for nn in combos])
                if st.newton_step is not None else None)
-        ana = analyse_point(self.landscape, theta_p, grad_inf, max_dense_P=self.cfg_max_dense(), theta_next=nxt)
+        anas = analyse_points(self.landscape, thetas, grad_infs, nxt, max_dense_P=self.cfg_max_dense())
+        return list(zip(thetas, losses.tolist(), grad_infs, anas))
+
+    def _point(self, layer, order, rid, item, st, neurons, plateau_unit, log10_mult, block_eigs, B_eigs, ranks,
+               measured):
+        theta_p, loss_p, grad_inf, ana = measured
         rep = ana.report
         plateau_dim = order * plateau_unit
         point = {
@@ -277,26 +293,22 @@ class _Trial:
         """Index and n_zero along the gamma-line of one duplicated neuron, beside the index predicted by the
         split block M_gamma (permsym_core.permutation) for any number of next-layer units."""
         t0 = time.perf_counter()
-        idx, zeros, pred = [], [], []
-        for gamma in GAMMA_GRID:
-            _, th = surgery.duplicate(st.spec, st.theta, layer, [neuron], gamma)
-            rep = analyse_landscape(self.landscape, th, float(self.landscape.grad(th).abs().max()))
-            idx.append(rep.index)
-            zeros.append(rep.n_zero)
-            pred.append(predicted_index([split_eigenvalues(st.landscape, st.theta, layer, neuron, gamma)],
-                                        item["index"], rep.tau))
-        self.gamma_scan.append({"layer": layer, "reduced_id": rid, "neuron": neuron, "gammas": list(GAMMA_GRID),
-                                "index": idx, "n_zero": zeros, "index_predicted": pred})
+        line = gamma_line(self.landscape, st.landscape, st.theta, layer, neuron, item["index"], GAMMA_GRID)
+        self.gamma_scan.append({"layer": layer, "reduced_id": rid, "neuron": neuron, **line})
         self.timings["gamma_scan"] = self.timings.get("gamma_scan", 0.0) + time.perf_counter() - t0
 
     # 7. paths ---------------------------------------------------------------------------------------
     def trace_paths(self) -> None:
+        """Every traced path starts at theta*: all of them are relaxed in one batch (permsym_core.strings)."""
         t0 = time.perf_counter()
         items = sorted(self.pair_points.items())
-        for n_done, ((layer, pair), theta_p) in enumerate(items):
-            self.phase("paths", n_done, len(items))
-            half = trace_half(self.landscape, self.theta_star, theta_p, (max(self.cfg.path_points, 3) + 1) // 2,
-                              relax=self.cfg.path_relax)
+        self.phase("paths", 0, len(items))
+        halves = (trace_halves(self.landscape, self.theta_star, torch.stack([p for _, p in items]),
+                               (max(self.cfg.path_points, 3) + 1) // 2, relax=self.cfg.path_relax,
+                               precond=PATH_PRECONDITIONER, refresh=PATH_REFRESH) if items else [])
+        for n_done, (((layer, pair), theta_p), half) in enumerate(zip(items, halves)):
+            if n_done:
+                self.phase("paths", n_done, len(items))
             self.halves[(layer, pair)] = half
             rec = path_record(self.landscape, half, layer, pair)
             point = self._matching_point(layer, theta_p, rec["point_loss"])
@@ -372,8 +384,8 @@ def run_trial(config: TrialConfig | dict, on_phase: PhaseCallback | None = None)
 
     on_phase(phase, k, n), when given, is called as the trial goes: ("minimum", 0, 1), then for each
     (layer, order) ("reduced L<layer>K<order>", k, n) before the k-th of n reduced trainings,
-    ("points L<layer>K<order>", k, n) before the k-th of n reduced points' analyses, ("paths", k, n)
-    before the k-th of n paths, ("valleys", 0, 1), and ("done", 1, 1). It must be cheap and must not raise."""
+    ("points L<layer>K<order>", k, n) before the k-th of n reduced points' analyses, ("paths", 0, n)
+    before the n paths are relaxed together and ("paths", k, n) as the k-th one's record is assembled, ("valleys", 0, 1), and ("done", 1, 1). It must be cheap and must not raise."""
     cfg = config if isinstance(config, TrialConfig) else TrialConfig.from_dict(config)
     phase = on_phase or (lambda _p, _k, _n: None)
     t_start = time.perf_counter()

@@ -7,8 +7,9 @@ a_i = W_{k+1}[:, i].
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import replace
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -16,6 +17,9 @@ from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
 from .mlp import DTYPE, MLPSpec
+
+RANDOM_ENUMERATE_MAX = 100_000   # random_disjoint_pair_sets lists every candidate up to this many combinations
+RANDOM_MAX_DRAWS = 50            # ... else at most this many draws per set wanted
 
 
 def _check_layer(spec: MLPSpec, layer: int) -> None:
@@ -204,17 +208,77 @@ def neuron_pairs(spec: MLPSpec, theta: Tensor, layer: int, selection: str, seed:
     raise ValueError(f"pairs: expected 'all', 'nearest' or 'random:N', got {selection!r}")
 
 
+def iter_disjoint_pair_sets(pairs: Sequence[tuple[int, int]], order: int) -> Iterator[tuple[tuple[int, int], ...]]:
+    """Every set of `order` mutually disjoint pairs from `pairs`, lazily, in the lexicographic order of
+    itertools.combinations(pairs, order) (the combinations whose pairs overlap skipped). Built directly by a
+    depth-first search that only ever extends a set by a pair disjoint from it, so the k-th set costs
+    O(k + len(pairs) * order) work, never the C(len(pairs), order) combinations."""
+    pairs = [tuple(p) for p in pairs]
+    if order < 1:
+        raise ValueError(f"order: expected an integer >= 1, got {order}")
+    n_pairs = len(pairs)
+    chosen: list[int] = []
+    used: set[int] = set()
+
+    def extend(first: int):
+        if len(chosen) == order:
+            yield tuple(pairs[c] for c in chosen)
+            return
+        for c in range(first, n_pairs - (order - len(chosen) - 1)):
+            i, j = pairs[c]
+            if i in used or j in used or i == j:
+                continue
+            chosen.append(c)
+            used.update((i, j))
+            yield from extend(c + 1)
+            chosen.pop()
+            used.difference_update((i, j))
+
+    yield from extend(0)
+
+
 def disjoint_pair_sets(pairs: Sequence[tuple[int, int]], order: int, limit: int | None = None
                        ) -> list[tuple[tuple[int, int], ...]]:
     """All sets of `order` mutually disjoint pairs from `pairs` (in lexicographic order, at most `limit`)."""
-    out = []
-    for combo in itertools.combinations(pairs, order):
-        flat = [x for p in combo for x in p]
+    return list(itertools.islice(iter_disjoint_pair_sets(pairs, order), limit))
+
+
+def random_disjoint_pair_sets(pairs: Sequence[tuple[int, int]], order: int, count: int, seed: int = 0
+                              ) -> list[tuple[tuple[int, int], ...]]:
+    """`count` distinct sets of `order` disjoint pairs from `pairs` drawn at random with `seed` (every one
+    when there are at most `count`), in lexicographic order. Sets are drawn directly (order pair indices,
+    kept when disjoint and new), never enumerated, unless C(len(pairs), order) is small enough (at most
+    RANDOM_ENUMERATE_MAX) to list and choose from."""
+    pairs = [tuple(p) for p in pairs]
+    n_pairs = len(pairs)
+    if count < 1 or order < 1 or n_pairs < order:
+        return []
+    rng = np.random.default_rng(seed)
+    if math.comb(n_pairs, order) <= max(RANDOM_ENUMERATE_MAX, 4 * count):
+        every = disjoint_pair_sets(pairs, order)
+        if len(every) <= count:
+            return every
+        return [every[i] for i in sorted(rng.choice(len(every), size=count, replace=False))]
+    found: set[tuple[int, ...]] = set()
+    for _ in range(RANDOM_MAX_DRAWS * count):
+        idx = tuple(sorted(int(c) for c in rng.choice(n_pairs, size=order, replace=False)))
+        flat = [x for c in idx for x in pairs[c]]
         if len(set(flat)) == len(flat):
-            out.append(combo)
-            if limit is not None and len(out) >= limit:
+            found.add(idx)
+            if len(found) >= count:
                 break
-    return out
+    return [tuple(pairs[c] for c in idx) for idx in sorted(found)]
+
+
+def pair_sets(spec: MLPSpec, theta: Tensor, layer: int, selection: str, order: int, limit: int | None = None,
+              seed: int = 0) -> list[tuple[tuple[int, int], ...]]:
+    """The sets of `order` disjoint pairs of layer k that a trial merges: from neuron_pairs(selection), every
+    one in lexicographic order, at most `limit` (the trial's max_pair_sets): the first `limit` of them for
+    'all' and 'nearest', `limit` drawn at random with `seed` for 'random:N'."""
+    pairs = neuron_pairs(spec, theta, layer, selection, seed=seed)
+    if limit is not None and selection.startswith("random:"):
+        return random_disjoint_pair_sets(pairs, order, limit, seed=seed)
+    return disjoint_pair_sets(pairs, order, limit)
 
 
 def as_theta(x, device=None) -> Tensor:
