@@ -134,8 +134,7 @@ class _Trial:
     # 2. reduced networks ---------------------------------------------------------------------------
     def reduce(self, layer: int, order: int) -> None:
         t0 = time.perf_counter()
-        pairs = surgery.neuron_pairs(self.spec, self.theta_star, layer, self.cfg.pairs, seed=self.cfg.seed)
-        pair_sets = list(surgery.disjoint_pair_sets(pairs, order))
+        pair_sets = self.pair_sets(layer, order)
         self.n_pair_sets[(layer, order)] = len(pair_sets)
         first = len(self.reduced)
         for n_done, pair_set in enumerate(pair_sets):

@@ -131,6 +131,7 @@ class Grid(_Model):
     save_params: _values(bool) = None
     device: _values(Literal["auto", "cpu", "cuda"]) = None
     dense_max_params: _values(Optional[PosInt]) = None
+    max_pair_sets: _values(Optional[PosInt]) = None
 
     #: grid key -> TrialConfig field
     FIELD_OF: ClassVar[dict[str, str]] = {"widths": "widths", "activations": "activation", "seeds": "seed", "orders": "orders"}
