@@ -267,3 +267,24 @@ def test_the_benchmark_store_holds_n_distinct_finished_runs(tmp_path, monkeypatc
     assert len(pts) == 3 * sum(len(r["points"]) for r in recs if r["minimum"]["converged"])
     pd.testing.assert_frame_equal(query.summary(bigstore.SWEEP, tracking_uri=uri, cache=False),
                                   query.summary(bigstore.SWEEP, tracking_uri=uri))
+
+
+def test_the_first_query_of_all_sweeps_drops_a_run_one_sweep_cached_and_the_store_lost(filled):
+    """The other direction: one sweep's runs cached by a query of that sweep; a run deleted; the first query of
+    every sweep (another scope: one full listing) must not return it, nor must the next query of the sweep
+    (its own incremental listing); restored, it comes back in both."""
+    from mlflow import MlflowClient
+
+    uri, exp, _parent, ids, _recs = filled
+    other = runs.get_or_create_parent(uri, exp, "elsewhere", {"name": "elsewhere"})
+    stranger = runs.log_trial(uri, exp, other, "elsewhere", "x", make_record((3,), 3), figures=False)
+    assert set(query.runs(SWEEP, tracking_uri=uri)["run_id"]) == set(ids.values())
+    victim = ids[_key(REAL[1])]
+    c = MlflowClient(uri)
+    c.delete_run(victim)
+    assert set(query.runs(tracking_uri=uri)["run_id"]) == set(ids.values()) - {victim} | {stranger}
+    assert victim not in _cached_ids()
+    assert set(query.runs(SWEEP, tracking_uri=uri)["run_id"]) == set(ids.values()) - {victim}
+    c.restore_run(victim)
+    assert set(query.runs(SWEEP, tracking_uri=uri)["run_id"]) == set(ids.values())
+    assert set(query.runs(tracking_uri=uri)["run_id"]) == set(ids.values()) | {stranger}
