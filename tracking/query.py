@@ -7,7 +7,8 @@
 
 The store is `tracking_uri` if given, else $MLFLOW_TRACKING_URI, else the SQLite store of `results_dir`
 (default ./permsym-results). One run per trial key: a key with two FINISHED runs (two drivers raced on it)
-counts once, its earliest-started run (ties: the smaller run id).
+counts once, its earliest-started run (ties: the smaller run id), picked before any filter (converged_only,
+filter_string), so runs(), points() and summary() all show a key by the same run.
 
 FINISHED runs and their points/records are read through the local cache of tracking.cache (a query on 10,000
 runs reads the store only for what changed since the last one); `cache=False` or PERMSYM_CACHE=off reads
