@@ -296,3 +296,24 @@ def test_summarise_counts_channels_and_certified_minima_over_all_trials():
     b = out[out["widths"] == (3, 3)]
     assert len(b) == 1 and b.iloc[0]["n_seeds"] == 0 and b.iloc[0]["n_trials"] == 2
     assert b.iloc[0]["frac_channel"] == 1.0 and b.iloc[0]["frac_certified"] == 0.0
+
+
+def test_frac_first_order_is_the_one_metric_definition_pooled_over_seeds():
+    """3 first-order saddles among 4 saddles (seed 0: 2 of 3, seed 1: 1 of 1) is 0.75 in the summary (pooled,
+    not the 0.83 mean of the per-seed ratios), in tracking.metrics, in a trial's Tune metrics and in its MLflow
+    metric; a layer without saddles gets NaN everywhere."""
+    from tracking import metrics
+    from tracking.query import summarise
+
+    base = dict(task="toy", activation="sigmoid", widths=(4,), converged=True, L1_K1_log10_bound=1.0,
+                L1_K1_n_found=5.0, L2_K1_log10_bound=1.0, L2_K1_n_found=1.0, L2_K1_n_saddle=0.0,
+                L2_K1_n_first_order=0.0)
+    rows = [dict(base, run_id="s0", seed=0, L1_K1_n_saddle=3.0, L1_K1_n_first_order=2.0),
+            dict(base, run_id="s1", seed=1, L1_K1_n_saddle=1.0, L1_K1_n_first_order=1.0)]
+    out = summarise(pd.DataFrame(rows), pd.DataFrame()).set_index("layer")
+    assert out.loc[1, "frac_first_order"] == 0.75 == metrics.frac_first_order(3, 4)
+    assert math.isnan(out.loc[2, "frac_first_order"]) and math.isnan(metrics.frac_first_order(0, 0))
+    rec = {"minimum": {"converged": True, "loss": 1e-9, "grad_inf": 1e-12},
+           "counts": [{"layer": 1, "order": 1, "n_found": 5, "n_critical": 5, "n_saddle": 4, "n_first_order": 3}]}
+    assert metrics.trial_metrics(rec)["frac_first_order"] == 0.75
+    assert metrics.record_metrics(rec)["L1_K1_frac_first_order"] == 0.75

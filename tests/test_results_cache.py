@@ -165,10 +165,21 @@ print(json.dumps([only, list(query.runs({SWEEP!r}, tracking_uri=uri)["run_id"])]
     assert _cached_ids() >= set(ids.values()) | {only}          # the old entries are filed under the old store
 
 
+def _another_finished_run(uri, exp, parent, key, rec, attempt=2) -> str:
+    """A second FINISHED run of `key`, started after its first: the state two racing drivers (or the code
+    before tracking.owner) left behind. finish_trial_run refuses to end a second run of a FINISHED key, so the
+    run is logged under a key of its own and then given `key`'s tag (tags stay writable on a FINISHED run)."""
+    from mlflow import MlflowClient
+
+    rid = runs.log_trial(uri, exp, parent, SWEEP, f"{key}-pending", rec, attempt=attempt, figures=False)
+    MlflowClient(uri).set_tag(rid, "trial_key", key)
+    return rid
+
+
 def test_a_key_with_two_finished_runs_counts_once(filled):
     uri, exp, parent, ids, recs = filled
     key = _key(REAL[0])
-    second = runs.log_trial(uri, exp, parent, SWEEP, key, REAL[0], attempt=2, figures=False)
+    second = _another_finished_run(uri, exp, parent, key, REAL[0])
     for use_cache in (False, True):
         rdf = query.runs(SWEEP, tracking_uri=uri, cache=use_cache)
         assert list(rdf["trial_key"]).count(key) == 1
@@ -179,6 +190,41 @@ def test_a_key_with_two_finished_runs_counts_once(filled):
         assert dict(zip(layer1["widths"], layer1["n_seeds"])) == _expected_seeds(recs)
         pts = query.points(SWEEP, tracking_uri=uri, cache=use_cache)
         assert len(pts) == sum(len(r["points"]) for r in recs if r["minimum"]["converged"])
+
+
+def test_a_key_is_its_earliest_run_everywhere_even_when_a_later_one_converged(filled):
+    """Key U: its earliest FINISHED run did not converge, a later one did. The key is represented by the
+    earliest run in runs(), points() and summary() alike (with and without the cache, converged_only or not):
+    it counts as unconverged everywhere and the later run's points and counts appear nowhere."""
+    from mlflow import MlflowClient
+
+    uri, exp, parent, ids, recs = filled
+    bad = make_record((4,), 9, converged=False)                   # the fixture's unconverged trial
+    key = _key(bad)
+    good = make_record((4,), 9)                                   # the same config, converged this time
+    assert good["config"] == bad["config"] and good["points"]
+    later = _another_finished_run(uri, exp, parent, key, good)
+    c = MlflowClient(uri)
+    assert c.get_run(ids[key]).info.start_time < c.get_run(later).info.start_time
+    assert c.get_run(later).info.status == "FINISHED" and c.get_run(later).data.tags["converged"] == "true"
+    n_conv = sum(1 for r in recs if r["minimum"]["converged"] and not r.get("failure"))
+    n_pts = sum(len(r["points"]) for r in recs if r["minimum"]["converged"])
+    for use_cache in (False, True, True):                         # the store's path, cold cache, warm cache
+        rdf = query.runs(SWEEP, tracking_uri=uri, cache=use_cache)
+        assert rdf.loc[rdf["trial_key"] == key, "run_id"].tolist() == [ids[key]]
+        assert not rdf.loc[rdf["trial_key"] == key, "converged"].item()
+        assert later not in set(rdf["run_id"]) and len(rdf) == len(recs)
+        conv = query.runs(SWEEP, tracking_uri=uri, converged_only=True, cache=use_cache)
+        assert key not in set(conv["trial_key"]) and later not in set(conv["run_id"]) and len(conv) == n_conv
+        pts = query.points(SWEEP, tracking_uri=uri, cache=use_cache)
+        assert later not in set(pts["run_id"]) and key not in set(pts["trial_key"]) and len(pts) == n_pts
+        summ = query.summary(SWEEP, tracking_uri=uri, cache=use_cache)
+        w4 = summ[summ["widths"].map(lambda w: w == (4,))]
+        assert w4["n_seeds"].max() == _expected_seeds(recs)[(4,)]   # the later converged run is no seed
+        assert (w4["n_trials"] == sum(1 for r in recs if tuple(r["config"]["widths"]) == (4,))).all()
+    # a filter_string is applied to the representative too: selecting converged runs does not bring `later` in
+    picked = query.runs(SWEEP, tracking_uri=uri, filter_string="tags.converged = 'true'")
+    assert key not in set(picked["trial_key"]) and len(picked) == n_conv
 
 
 def test_cache_off_writes_nothing(filled, monkeypatch):
@@ -221,3 +267,24 @@ def test_the_benchmark_store_holds_n_distinct_finished_runs(tmp_path, monkeypatc
     assert len(pts) == 3 * sum(len(r["points"]) for r in recs if r["minimum"]["converged"])
     pd.testing.assert_frame_equal(query.summary(bigstore.SWEEP, tracking_uri=uri, cache=False),
                                   query.summary(bigstore.SWEEP, tracking_uri=uri))
+
+
+def test_the_first_query_of_all_sweeps_drops_a_run_one_sweep_cached_and_the_store_lost(filled):
+    """The other direction: one sweep's runs cached by a query of that sweep; a run deleted; the first query of
+    every sweep (another scope: one full listing) must not return it, nor must the next query of the sweep
+    (its own incremental listing); restored, it comes back in both."""
+    from mlflow import MlflowClient
+
+    uri, exp, _parent, ids, _recs = filled
+    other = runs.get_or_create_parent(uri, exp, "elsewhere", {"name": "elsewhere"})
+    stranger = runs.log_trial(uri, exp, other, "elsewhere", "x", make_record((3,), 3), figures=False)
+    assert set(query.runs(SWEEP, tracking_uri=uri)["run_id"]) == set(ids.values())
+    victim = ids[_key(REAL[1])]
+    c = MlflowClient(uri)
+    c.delete_run(victim)
+    assert set(query.runs(tracking_uri=uri)["run_id"]) == set(ids.values()) - {victim} | {stranger}
+    assert victim not in _cached_ids()
+    assert set(query.runs(SWEEP, tracking_uri=uri)["run_id"]) == set(ids.values()) - {victim}
+    c.restore_run(victim)
+    assert set(query.runs(SWEEP, tracking_uri=uri)["run_id"]) == set(ids.values())
+    assert set(query.runs(tracking_uri=uri)["run_id"]) == set(ids.values()) | {stranger}

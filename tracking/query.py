@@ -7,7 +7,8 @@
 
 The store is `tracking_uri` if given, else $MLFLOW_TRACKING_URI, else the SQLite store of `results_dir`
 (default ./permsym-results). One run per trial key: a key with two FINISHED runs (two drivers raced on it)
-counts once, its earliest-started run (ties: the smaller run id).
+counts once, its earliest-started run (ties: the smaller run id), picked before any filter (converged_only,
+filter_string), so runs(), points() and summary() all show a key by the same run.
 
 FINISHED runs and their points/records are read through the local cache of tracking.cache (a query on 10,000
 runs reads the store only for what changed since the last one); `cache=False` or PERMSYM_CACHE=off reads
@@ -82,8 +83,8 @@ def _parse_param(key: str, value: str):
     return _parse_scalar(value)
 
 
-def _filter_string(sweep=None, task=None, activation=None, width_min=None, width_max=None, depth=None,
-                   converged_only=False, extra: str | None = None) -> str:
+def _filter_string(sweep=None, task=None, activation=None, width_min=None, width_max=None, depth=None) -> str:
+    """The store's query for the FINISHED trial runs of a sweep that pass the config filters."""
     parts = [f"tags.`{_runs.ROLE_TAG}` = '{_runs.TRIAL_ROLE}'", "attributes.status = 'FINISHED'"]
     if sweep is not None:
         parts.append(f"tags.sweep = {_runs._q(sweep)}")
@@ -97,11 +98,11 @@ def _filter_string(sweep=None, task=None, activation=None, width_min=None, width
         parts.append(f"metrics.arch_width_max <= {float(width_max)}")
     if depth is not None:
         parts.append(f"metrics.arch_depth = {float(depth)}")
-    if converged_only:
-        parts.append("tags.converged = 'true'")
-    if extra:
-        parts.append(extra)
     return " and ".join(parts)
+
+
+def _converged(r: _cache.RunData) -> bool:
+    return r.tags.get("converged") == "true"
 
 
 def _matches(r: _cache.RunData, task, activation, width_min, width_max, depth, converged_only) -> bool:
@@ -118,7 +119,7 @@ def _matches(r: _cache.RunData, task, activation, width_min, width_max, depth, c
         return False
     if depth is not None and not ("arch_depth" in m and m["arch_depth"] == float(depth)):
         return False
-    return not converged_only or r.tags.get("converged") == "true"
+    return not converged_only or _converged(r)
 
 
 def one_per_key(found: Sequence[_cache.RunData]) -> list[_cache.RunData]:
@@ -137,6 +138,15 @@ def one_per_key(found: Sequence[_cache.RunData]) -> list[_cache.RunData]:
 
 def _finished(uri, exp_ids, sweep, task, activation, width_min, width_max, depth, converged_only,
               filter_string, cache: bool) -> list[_cache.RunData]:
+    """The runs that represent their keys (one_per_key over ALL the scope's FINISHED runs), then filtered.
+
+    The order matters: a key with two FINISHED runs is represented by its earliest-started one whatever the
+    filters, so runs(), points() and summary() agree on it (the earliest unconverged and a later converged:
+    the key is unconverged everywhere, it does not borrow the later run's counts). The config filters (task,
+    activation, widths, depth) may go into the store's query: the trial key is a hash of the config, so every
+    run of a key passes them or none does. `converged_only` and a `filter_string` (anything MLflow can test,
+    which may differ between a key's runs) are applied to the representatives.
+    """
     store = _cache.open_cache() if cache and filter_string is None else None
     if store is not None:
         try:
@@ -144,13 +154,16 @@ def _finished(uri, exp_ids, sweep, task, activation, width_min, width_max, depth
                 found = store.finished_runs(uri, exp_ids, sweep)
         finally:
             store.close()
-        found = [r for r in found if _matches(r, task, activation, width_min, width_max, depth, converged_only)]
-    else:
-        filt = _filter_string(sweep, task, activation, width_min, width_max, depth, converged_only, filter_string)
-        with _runs._guard(uri):
-            found = [_cache.RunData.from_mlflow(r) for r in
-                     _runs.search_all(uri, exp_ids, filt, order_by=["attributes.start_time ASC"])]
-    return one_per_key(found)
+        return [r for r in one_per_key(found) if _matches(r, task, activation, width_min, width_max, depth,
+                                                          converged_only)]
+    filt = _filter_string(sweep, task, activation, width_min, width_max, depth)
+    with _runs._guard(uri):
+        reps = one_per_key([_cache.RunData.from_mlflow(r) for r in
+                            _runs.search_all(uri, exp_ids, filt, order_by=["attributes.start_time ASC"])])
+        if filter_string:
+            ok = {r.info.run_id for r in _runs.search_all(uri, exp_ids, f"{filt} and {filter_string}")}
+            reps = [r for r in reps if r.run_id in ok]
+    return [r for r in reps if not converged_only or _converged(r)]
 
 
 def runs(sweep: str | None = None, experiment: str | None = None, tracking_uri: str | None = None, *,

@@ -9,6 +9,7 @@ from typing import Iterable, Sequence
 
 import pandas as pd
 
+from . import metrics as _metrics
 from . import runs as _runs
 
 _LK = re.compile(r"^L(\d+)_K(\d+)_(.+)$")
@@ -57,7 +58,8 @@ log10_critical / log10_saddle / log10_first_order: log10 of the multiplicity-sca
 averaged over seeds in linear space (log10 of the seed-mean of count x multiplicity; a seed that found none
 contributes 0). log10_ratio_*: that minus log10_bound (0: meets the bound, > 0: exceeds, < 0: short).
 n_found .. n_first_order: mean over seeds of the distinct points found per trial.
-frac_first_order: first-order saddles / saddles, pooled over seeds.
+frac_first_order: first-order saddles / saddles, pooled over seeds (tracking.metrics.frac_first_order of the
+summed counts; NaN without saddles).
 frac_claim_zero: fraction of critical points with n_zero >= n_{k+1} (the abstract's claim);
 frac_claim_guaranteed: with n_neg + n_zero >= n_{k+1}; fa_agreement: fraction of points with a
 Fukumizu-Amari prediction where it equals the Hessian index (n_fa points had one); index_agreement: fraction
@@ -140,7 +142,7 @@ def summarise(rdf: pd.DataFrame, pdf: pd.DataFrame, by: Sequence[str] = ("task",
                 row["n_" + kind] = float(sub[col].mean()) if col in sub and sub[col].notna().any() else float("nan")
             n_sad = sub[pre + "n_saddle"].fillna(0).sum() if pre + "n_saddle" in sub else 0
             n_fo = sub[pre + "n_first_order"].fillna(0).sum() if pre + "n_first_order" in sub else 0
-            row["frac_first_order"] = float(n_fo / n_sad) if n_sad else float("nan")
+            row["frac_first_order"] = _metrics.frac_first_order(n_fo, n_sad)      # the one definition
             lp = gp[(gp["layer"] == layer) & (gp["order"] == order) & (gp["critical"].fillna(False))] \
                 if not gp.empty else gp
             if len(lp) and "reducible" in lp:
