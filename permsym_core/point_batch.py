@@ -13,8 +13,12 @@ from torch import Tensor
 
 from .batched import batched_hessians
 from .certify import escape
+from .hessian import available_bytes
 from .points import PointAnalysis, analyse_point
 from .spectra import _dense_fits, analyse
+
+
+COPIES_PER_POINT = 6   # P x P float64 matrices alive per point: H, H_next, their difference, eigvalsh/eigh workspace
 
 
 def hessian_shifts(H: Tensor, H_next: Tensor) -> list[float]:
@@ -36,6 +40,13 @@ def analyse_points(landscape, thetas: Tensor, grad_infs: list[float], theta_next
     if not _dense_fits(landscape.n_params, landscape.device, max_dense_P):
         return [analyse_point(landscape, thetas[b], grad_infs[b], max_dense_P=max_dense_P, check_escape=check_escape,
                               theta_next=None if theta_nexts is None else theta_nexts[b]) for b in range(M)]
+    chunk = max(1, available_bytes(landscape.device) // (COPIES_PER_POINT * 8 * landscape.n_params ** 2))
+    if M > chunk:       # the batch holds several dense matrices per point: as many points as free memory allows
+        out = []
+        for a in range(0, M, chunk):
+            out += analyse_points(landscape, thetas[a:a + chunk], grad_infs[a:a + chunk],
+                                  None if theta_nexts is None else theta_nexts[a:a + chunk], max_dense_P, check_escape)
+        return out
     H = batched_hessians(landscape, thetas)
     shifts = (hessian_shifts(H, batched_hessians(landscape, landscape.as_theta(theta_nexts)))
               if theta_nexts is not None else [None] * M)

@@ -185,3 +185,23 @@ def test_trace_halves_in_groups_is_one_batch(monkeypatch):
     grouped = trace_halves(land, start, ends, 5, iters=4, precond="local", refresh=2)
     for w, g in zip(whole, grouped):
         assert g.losses == pytest.approx(w.losses, rel=1e-9) and g.string["iterations"] == w.string["iterations"]
+
+
+def test_point_batch_in_memory_sized_chunks_equals_one_batch(monkeypatch):
+    """With free memory for one point's matrices only, analyse_points works chunk by chunk and gives the same
+    reports as the whole batch (the chunking is what keeps large P from holding M Hessians at once)."""
+    import permsym_core.point_batch as pb
+    from permsym_core.landscape import Landscape
+    from permsym_core.mlp import MLPSpec
+
+    gen = torch.Generator().manual_seed(0)
+    spec = MLPSpec((2, 4, 1), "tanh", True)
+    X = torch.randn(60, 2, generator=gen, dtype=torch.float64)
+    L = Landscape(spec, X, torch.tanh(X[:, :1]), device="cpu")
+    thetas = torch.stack([spec.init(s) for s in range(5)])
+    ginf = L.grad(thetas[0]).abs().max().item()
+    whole = pb.analyse_points(L, thetas, [ginf] * 5, check_escape=False)
+    monkeypatch.setattr(pb, "available_bytes", lambda device=None: pb.COPIES_PER_POINT * 8 * spec.n_params ** 2)
+    chunked = pb.analyse_points(L, thetas, [ginf] * 5, check_escape=False)
+    assert [(a.report.index, a.report.n_zero, a.report.tau) for a in whole] == \
+           [(b.report.index, b.report.n_zero, b.report.tau) for b in chunked]
