@@ -118,7 +118,7 @@ def run(quick: bool = False) -> list[dict]:
                     row.update(ratio=b["seconds"] / res["seconds"], baseline=f"{BASELINE} (sequential engine)",
                                agreement="counts equal" if counts_key(b) == counts_key(res) else
                                f"counts differ: {counts_key(res)} vs {counts_key(b)}")
-        if not quick:
+        if not quick and DEEP is not None:
             res = run_one(DEEP, ROOT)
             rows.append(dict(benchmark="trial_width", case="teacher [5, 5, 5] softplus, every pair", P=res.get("P"),
                              threads=os.cpu_count(), method="permsym (this code)", depth=3, width=5,
