@@ -50,7 +50,13 @@ def test_owner_tag_round_trip_and_liveness():
     other = Owner(me.host, os.getppid(), "other")                 # a live process of this host
     fresh = {OWNER_TAG: other.tag(), HEARTBEAT_TAG: f"{now:.0f}"}
     assert owner_alive(fresh, me, now)
-    assert not owner_alive(fresh, Owner(me.host, 1, "other"), now)     # the claimer's own driver launch
+    # a run of the claimer's own driver launch is alive while its worker is (one driver runs several trials
+    # of one key at once); dead when its worker pid is gone, when it is this very worker's, or the driver ends
+    mine = {OWNER_TAG: me.tag(), HEARTBEAT_TAG: f"{now:.0f}", "hostname": me.host}
+    assert owner_alive({**mine, "worker_pid": str(os.getppid())}, me, now)
+    assert not owner_alive({**mine, "worker_pid": str(_dead_pid())}, me, now)
+    assert not owner_alive({**mine, "worker_pid": str(os.getpid())}, me, now)
+    assert not owner_alive({**mine, "worker_pid": str(os.getppid())}, me, now, mine_gone=True)
     assert not owner_alive({OWNER_TAG: other.tag(), HEARTBEAT_TAG: f"{now - 10_000:.0f}"}, me, now)  # stale
     assert not owner_alive({OWNER_TAG: Owner(me.host, _dead_pid(), "x").tag(), HEARTBEAT_TAG: f"{now:.0f}"}, me, now)
     assert not owner_alive({**fresh, "hostname": me.host, "worker_pid": str(_dead_pid())}, me, now)
@@ -85,6 +91,15 @@ def test_claim_finish_and_orphans(template, tmp_path):
     with pytest.raises(RunClosed):
         s.finish(cf.run_id, rec, figures=False)
     assert _status(s, cf.run_id) == "FAILED"
+
+    # two trials of one key in one driver (another worker of mine holds it): neither kills the other's run;
+    # the driver's end-of-sweep cleanup closes it
+    other_worker = {"hostname": a.host, "worker_pid": str(os.getppid())}
+    c1 = s.claim("k4", rec["config"], parent, a, other_worker)
+    c2 = s.claim("k4", rec["config"], parent, a, {"hostname": a.host, "worker_pid": str(os.getpid())})
+    assert c1.status == "claimed" and c2.status == "elsewhere" and c2.holder == c1.run_id
+    assert _status(s, c1.run_id) == "RUNNING"
+    assert s.close_orphans(b) == [] and s.close_orphans(a) == [c1.run_id]
 
     # a run whose driver is gone is taken over by the next claim
     gone = Owner(a.host, _dead_pid(), "gone")

@@ -200,7 +200,7 @@ def finished_keys(tracking_uri: str, experiment_id: str, sweep_name: str) -> set
 
 
 def _kill_running(tracking_uri: str, experiment_id: str, sweep_name: str, trial_key: str | None = None,
-                  owner=None) -> list[str]:
+                  owner=None, mine_gone: bool = False) -> list[str]:
     """KILL the RUNNING trial runs (of one key, or of the sweep) whose owner is gone as seen by `owner`
     (tracking.owner.owner_alive): runs of a live driver are left alone."""
     from .owner import owner_alive
@@ -212,7 +212,7 @@ def _kill_running(tracking_uri: str, experiment_id: str, sweep_name: str, trial_
     killed = []
     now = time.time()
     for r in search_all(tracking_uri, [experiment_id], _trial_filter(sweep_name, extra)):
-        if owner_alive(r.data.tags, owner, now):
+        if owner_alive(r.data.tags, owner, now, mine_gone=mine_gone):
             continue
         c.set_tag(r.info.run_id, "failure_reason", "attempt abandoned (worker or driver stopped); marked KILLED")
         c.set_terminated(r.info.run_id, "KILLED")
@@ -321,7 +321,7 @@ def close_orphans(tracking_uri: str, experiment_id: str, sweep_name: str, owner=
     """Mark KILLED this sweep's RUNNING trial runs whose owner is gone (tracking.owner.owner_alive; `owner`'s
     own runs count as gone: its driver is ending). Runs of another live driver are left RUNNING."""
     with _guard(tracking_uri):
-        return _kill_running(tracking_uri, experiment_id, sweep_name, owner=owner)
+        return _kill_running(tracking_uri, experiment_id, sweep_name, owner=owner, mine_gone=owner is not None)
 
 
 def log_trial(tracking_uri: str, experiment_id: str, parent_run_id: str, sweep_name: str, trial_key: str,
