@@ -117,6 +117,39 @@ def test_claim_finish_and_orphans(template, tmp_path):
     assert len(fin) == 1
 
 
+def test_finish_rechecks_before_the_end_and_settles_a_race(template, tmp_path):
+    """finish's steps forced into the bad interleavings: the run is closed by another driver after its record
+    is logged (it must not become FINISHED), and two runs of a key both ended FINISHED (the earlier keeps it)."""
+    s, parent = _sweep_store(template, tmp_path)
+    rec = make_record((4,), 0)
+    a = Owner.this_process()
+    c = runs.client(s.tracking_uri)
+    ck = s.claim("k1", rec["config"], parent, a)
+    c.log_batch(ck.run_id, tags=[])                              # ... its record logged, artifacts uploading
+    other = runs.client(s.tracking_uri)                          # another driver judges it abandoned
+    other.set_terminated(ck.run_id, "KILLED")
+    with pytest.raises(RunClosed):
+        runs._end_finished(c, ck.run_id)
+    assert _status(s, ck.run_id) == "KILLED" and "k1" not in s.finished_keys()
+
+    # two runs of k2 that both passed the last check and ended FINISHED: whichever settles, the earlier keeps
+    # the key and the later ends KILLED as a duplicate
+    for settle_first in ("late", "early"):
+        key = f"k2-{settle_first}"
+        two = [runs.start_trial_run(s.tracking_uri, s.experiment_id, parent, s.sweep, key, rec["config"], i,
+                                    kill_dead=False) for i in (1, 2)]
+        early, late = sorted(two, key=lambda r: runs._order(c.get_run(r)))
+        c.set_terminated(early, "FINISHED")
+        c.set_terminated(late, "FINISHED")
+        if settle_first == "late":
+            with pytest.raises(RunClosed):
+                runs._settle_finished(c, late)
+        else:
+            runs._settle_finished(c, early)
+        assert _status(s, early) == "FINISHED" and _status(s, late) == "KILLED"
+        assert c.get_run(late).data.tags["failure_reason"] == f"duplicate: key already FINISHED in run {early}"
+
+
 def _wait_running(uri: str, sweep: str, timeout: float = 240) -> None:
     t0 = time.time()
     while time.time() - t0 < timeout:

@@ -301,7 +301,43 @@ def finish_trial_run(tracking_uri: str, run_id: str, record: Any, *, figures: bo
             if conv and record.get("points"):
                 (tmp / POINTS_ARTIFACT).write_text(points_table_json(record))
             c.log_artifacts(run_id, str(tmp))
-        c.set_terminated(run_id, "FINISHED")
+        _end_finished(c, run_id)
+
+
+def _end_finished(c, run_id: str) -> None:
+    """End a logged run FINISHED: check it again (another driver may have closed it, or FINISHED its key, while
+    the artifacts uploaded), end it, then settle a race that slipped between the check and the end."""
+    _check_open(c, run_id)
+    c.set_terminated(run_id, "FINISHED")
+    _settle_finished(c, run_id)
+
+
+def _order(r) -> tuple:
+    """The order that decides which run holds a key (tracking.sweepstore.SweepStore.claim uses it too)."""
+    return (r.info.start_time or 0, r.info.run_id)
+
+
+def _settle_finished(c, run_id: str) -> None:
+    """After ending `run_id` FINISHED: if the key has another FINISHED run (a race between the last check
+    and the end), the earliest in `_order` keeps the key and every later one ends KILLED 'duplicate: ...'.
+    Whichever of two racing runs reads second sees both, so the key keeps exactly one FINISHED run; RunClosed
+    when this run is the one that gives way."""
+    from .owner import RunClosed
+
+    run = c.get_run(run_id)
+    key, sweep = run.data.tags.get("trial_key"), run.data.tags.get("sweep")
+    if key is None or sweep is None:
+        return
+    done = sorted(c.search_runs([run.info.experiment_id], _trial_filter(
+        sweep, f"tags.trial_key = {_q(key)} and attributes.status = 'FINISHED'")), key=_order)
+    if len(done) < 2:
+        return
+    first = done[0]
+    for r in done[1:]:
+        c.set_tag(r.info.run_id, "failure_reason", f"duplicate: key already FINISHED in run {first.info.run_id}")
+        c.set_terminated(r.info.run_id, "KILLED")
+    if first.info.run_id != run_id:
+        raise RunClosed(f"run {run_id}: key {key} already FINISHED in run {first.info.run_id}")
 
 
 def fail_trial_run(tracking_uri: str, run_id: str, reason: str) -> None:
