@@ -150,6 +150,41 @@ def test_finish_rechecks_before_the_end_and_settles_a_race(template, tmp_path):
         assert c.get_run(late).data.tags["failure_reason"] == f"duplicate: key already FINISHED in run {early}"
 
 
+def _claimer(uri: str, exp: str, parent: str, keys: list, barrier, out) -> None:
+    """One of two processes racing for each key: both wait at the barrier, then claim at the same moment."""
+    s = SweepStore(uri, exp, "own")
+    me = Owner.this_process()
+    for key in keys:
+        barrier.wait(timeout=120)
+        c = s.claim(key, {"seed": 0}, parent, me, {"hostname": me.host, "worker_pid": str(os.getpid())})
+        out.put((key, c.status, c.run_id))
+
+
+def test_two_processes_claiming_one_key_at_once_exactly_one_wins(template, tmp_path):
+    """Two real processes claim the same key at the same moment (a barrier), 12 keys in a row, on one SQLite
+    store: each key has exactly one winner, and its run is the key's only RUNNING run."""
+    import multiprocessing as mp
+
+    s, parent = _sweep_store(template, tmp_path)
+    keys = [f"race-{i}" for i in range(12)]
+    ctx = mp.get_context("spawn")
+    barrier, out = ctx.Barrier(2), ctx.Queue()
+    procs = [ctx.Process(target=_claimer, args=(s.tracking_uri, s.experiment_id, parent, keys, barrier, out))
+             for _ in range(2)]
+    for p in procs:
+        p.start()
+    got = [out.get(timeout=300) for _ in range(2 * len(keys))]
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    for key in keys:
+        mine = [g for g in got if g[0] == key]
+        assert sorted(g[1] for g in mine) == ["claimed", "elsewhere"], mine
+        winner = next(g[2] for g in mine if g[1] == "claimed")
+        running = [r.info.run_id for r in s.key_runs(key) if r.info.status == "RUNNING"]
+        assert running == [winner], (key, running)
+
+
 def _wait_running(uri: str, sweep: str, timeout: float = 240) -> None:
     t0 = time.time()
     while time.time() - t0 < timeout:

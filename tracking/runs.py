@@ -260,7 +260,7 @@ def _check_open(c, run_id: str) -> None:
         raise RunClosed(f"run {run_id}: key {key} already FINISHED in run {done[0].info.run_id}")
 
 
-def finish_trial_run(tracking_uri: str, run_id: str, record: Any, *, figures: bool = True) -> None:
+def finish_trial_run(tracking_uri: str, run_id: str, record: Any, *, figures: bool = True, claims=None) -> None:
     """Log the record (metrics, tags, JSON, points table, figures) and end the run FINISHED.
 
     Only a RUNNING run whose key has no FINISHED run yet is ended FINISHED; otherwise RunClosed
@@ -301,12 +301,27 @@ def finish_trial_run(tracking_uri: str, run_id: str, record: Any, *, figures: bo
             if conv and record.get("points"):
                 (tmp / POINTS_ARTIFACT).write_text(points_table_json(record))
             c.log_artifacts(run_id, str(tmp))
-        _end_finished(c, run_id)
+        _end_finished(c, run_id, claims)
 
 
-def _end_finished(c, run_id: str) -> None:
+def _end_finished(c, run_id: str, claims=None) -> None:
     """End a logged run FINISHED: check it again (another driver may have closed it, or FINISHED its key, while
-    the artifacts uploaded), end it, then settle a race that slipped between the check and the end."""
+    the artifacts uploaded), end it, then settle a race that slipped between the check and the end. With a
+    claims table (tracking.claims, SQLite stores) all of it runs in the table's transaction, and the run must
+    still be its key's holder there."""
+    from .owner import RunClosed
+
+    if claims is not None:
+        with claims.locked() as t:
+            tags = c.get_run(run_id).data.tags
+            held = t.holder(tags.get("sweep", ""), tags.get("trial_key", ""))
+            if held is not None and held != run_id:
+                if c.get_run(run_id).info.status == "RUNNING":
+                    c.set_tag(run_id, "failure_reason", f"duplicate: key held by run {held}")
+                    c.set_terminated(run_id, "KILLED")
+                raise RunClosed(f"run {run_id}: its key is held by run {held}")
+            _end_finished(c, run_id)
+        return
     _check_open(c, run_id)
     c.set_terminated(run_id, "FINISHED")
     _settle_finished(c, run_id)

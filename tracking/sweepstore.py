@@ -18,13 +18,24 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from . import runs
+from .claims import ClaimTable
 from .owner import HEARTBEAT_S, HEARTBEAT_TAG, OWNER_TAG, Owner, RunClosed, owner_alive  # noqa: F401
+
+
+DEFAULT_CLAIM_SETTLE_S = 2.0        # server stores: the second read-back of a claim waits this long
+
+
+def claim_settle_s() -> float:
+    with contextlib.suppress(ValueError):
+        return float(os.environ.get("PERMSYM_CLAIM_SETTLE_S", DEFAULT_CLAIM_SETTLE_S))
+    return DEFAULT_CLAIM_SETTLE_S
 
 
 @dataclass(frozen=True)
@@ -84,6 +95,44 @@ class SweepStore:
         all_tags = {OWNER_TAG: owner.tag(), HEARTBEAT_TAG: f"{time.time():.0f}", **(tags or {})}
         run_id = runs.start_trial_run(self.tracking_uri, self.experiment_id, parent_run_id, self.sweep, key,
                                       config, attempt, tags=all_tags, kill_dead=False)
+        table = ClaimTable.for_uri(self.tracking_uri)
+        if table is not None:
+            return self._claim_in_table(table, key, run_id, owner, attempt)
+        got = self._read_back(key, run_id, owner, attempt)
+        if got.status == "claimed":
+            # a server store: a slower insert with an earlier start_time may not have been visible yet
+            time.sleep(claim_settle_s())
+            got = self._read_back(key, run_id, owner, attempt)
+        return got
+
+    def _claim_in_table(self, table: ClaimTable, key: str, run_id: str, owner: Owner, attempt: int) -> Claim:
+        """SQLite stores: the claims table says who holds the key, read and written in one transaction."""
+        with self.guard(), table.locked() as t:
+            held = t.holder(self.sweep, key)
+            if held is not None and held != run_id:
+                h = runs.client(self.tracking_uri).get_run(held)
+                if h.info.status == "FINISHED":
+                    self._end(run_id, "KILLED", f"duplicate: key already FINISHED in run {held}")
+                    return Claim("finished", attempt=attempt, holder=held)
+                if h.info.status == "RUNNING":
+                    if owner_alive(h.data.tags, owner):
+                        self._end(run_id, "KILLED", f"duplicate: key held by run {held} "
+                                                    f"({h.data.tags.get(OWNER_TAG, '')})")
+                        return Claim("elsewhere", attempt=attempt, holder=held)
+                    self._end(held, "KILLED", "attempt abandoned (its owner is gone); marked KILLED")
+            done = self.key_runs(key, "attributes.status = 'FINISHED'")  # e.g. logged by `log_trial`
+            if done:
+                self._end(run_id, "KILLED", f"duplicate: key already FINISHED in run {done[0].info.run_id}")
+                return Claim("finished", attempt=attempt, holder=done[0].info.run_id)
+            t.hold(self.sweep, key, run_id)
+        for r in self.key_runs(key, "attributes.status = 'RUNNING'"):     # housekeeping: runs nobody owns
+            if r.info.run_id != run_id and not owner_alive(r.data.tags, owner):
+                self._end(r.info.run_id, "KILLED", "attempt abandoned (its owner is gone); marked KILLED")
+        return Claim("claimed", run_id, attempt)
+
+    def _read_back(self, key: str, run_id: str, owner: Owner, attempt: int) -> Claim:
+        """Server stores: read the key's runs back; a FINISHED run, or the earliest live RUNNING run (start
+        time, then run id), holds the key; our run ends KILLED when it is not the holder."""
         mine = None
         contenders = []
         for r in self.key_runs(key):
@@ -97,8 +146,9 @@ class SweepStore:
                     contenders.append(r)
                 else:
                     self._end(r.info.run_id, "KILLED", "attempt abandoned (its owner is gone); marked KILLED")
-        order = sorted(contenders + ([mine] if mine is not None else []),
-                       key=lambda r: (r.info.start_time or 0, r.info.run_id))
+        if mine is not None and mine.info.status != "RUNNING":
+            return Claim("elsewhere", attempt=attempt)                   # another claimer took it over
+        order = sorted(contenders + ([mine] if mine is not None else []), key=runs._order)
         if mine is not None and order[0].info.run_id != run_id:
             holder = order[0]
             self._end(run_id, "KILLED", f"duplicate: key held by run {holder.info.run_id} "
@@ -117,7 +167,8 @@ class SweepStore:
     def finish(self, run_id: str, record: Any, *, figures: bool = True) -> None:
         """Log the record and end the run FINISHED; RunClosed if it is not RUNNING any more or its key is
         FINISHED elsewhere (the record is then not logged)."""
-        runs.finish_trial_run(self.tracking_uri, run_id, record, figures=figures)
+        runs.finish_trial_run(self.tracking_uri, run_id, record, figures=figures,
+                              claims=ClaimTable.for_uri(self.tracking_uri))
 
     def fail(self, run_id: str, reason: str) -> None:
         runs.fail_trial_run(self.tracking_uri, run_id, reason)
