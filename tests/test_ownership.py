@@ -202,7 +202,8 @@ def _wait_running(uri: str, sweep: str, timeout: float = 240) -> None:
 def test_two_drivers_on_one_sweep_one_finished_run_per_key(tmp_path):
     """Two real `permsym sweep` processes (each with its own embedded Ray) on one SQLite store, the second
     started while the first has a trial RUNNING: every key ends with exactly one FINISHED run, no run stays
-    RUNNING, and no run was closed as abandoned (neither driver killed the other's live runs)."""
+    RUNNING, every KILLED run is a duplicate, and none was closed as abandoned (neither driver killed the other's
+    live runs), however the two drivers' trials happened to interleave."""
     from sweeps.plan import plan
     from sweeps.spec import load_spec
     from tracking.store import results_uri
@@ -236,5 +237,8 @@ def test_two_drivers_on_one_sweep_one_finished_run_per_key(tmp_path):
     for r in kids:
         if r.info.status == "KILLED":
             assert r.data.tags.get("failure_reason", "").startswith("duplicate:"), r.data.tags
+        assert "abandoned" not in r.data.tags.get("failure_reason", ""), r.data.tags   # no live run killed
+    # Whether the second driver opened runs at all depends on timing (the first may finish every key before
+    # the second plans; it then opens none): overlap is likely (it starts while a trial is RUNNING), not asserted.
     owners = {r.data.tags.get(OWNER_TAG, "").rsplit(":", 1)[-1] for r in kids}
-    assert len(owners) == 2, "both drivers opened runs"
+    assert 1 <= len(owners) <= 2, owners

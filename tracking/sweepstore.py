@@ -5,14 +5,18 @@ run, tag it, read the running runs, close the runs nobody owns any more); it hol
 pickles it into every trial. `Owner` says who owns a RUNNING run: the driver (host, pid, a random id per
 driver launch). Ownership rules (README, "One owner per run"):
 - a key is *claimed* before its trial runs (`SweepStore.claim`): the run is created RUNNING with its owner
-  and a heartbeat, then the key's runs are read back; a FINISHED run, or a live RUNNING run that started
-  earlier (ties broken by run id), wins and the new run ends KILLED at once. Every driver applies the same
-  order, so two drivers on one sweep never both run (and never both FINISH) one key;
+  and a heartbeat; on a SQLite store the key's holder is then decided in the sidecar claims table
+  (tracking.claims, one transaction: atomic), on a server store by reading the key's runs back twice (a
+  FINISHED run, or a live RUNNING run that started earlier, ties broken by run id, wins: best effort). The
+  loser's run ends KILLED at once;
 - only the owner ends its run; `finish` refuses a run that is no longer RUNNING (a KILLED or FAILED run never
-  becomes FINISHED) or whose key already has a FINISHED run;
+  becomes FINISHED), that is not its key's holder in the claims table, or whose key already has a FINISHED
+  run; it checks again right before the end and settles a race after it (the earliest FINISHED run keeps
+  the key);
 - a RUNNING run counts as abandoned only when its owner is provably gone (`owner_alive`): no owner tag
-  (runs logged outside a sweep), the claimer's own driver (an earlier attempt it replaces), a driver or
-  worker pid that no longer exists on this host, or a heartbeat older than `stale_s()`.
+  (runs logged outside a sweep), the claiming worker's own earlier attempt, a driver or worker pid that no
+  longer exists on this host, a heartbeat older than `stale_s()`, or (`close_orphans(owner)`) the ending
+  driver's own runs.
 """
 from __future__ import annotations
 
@@ -109,8 +113,13 @@ class SweepStore:
         """SQLite stores: the claims table says who holds the key, read and written in one transaction."""
         with self.guard(), table.locked() as t:
             held = t.holder(self.sweep, key)
+            h = None
             if held is not None and held != run_id:
-                h = runs.client(self.tracking_uri).get_run(held)
+                from mlflow.exceptions import MlflowException
+
+                with contextlib.suppress(MlflowException):               # a holder no longer in the store
+                    h = runs.client(self.tracking_uri).get_run(held)
+            if h is not None:
                 if h.info.status == "FINISHED":
                     self._end(run_id, "KILLED", f"duplicate: key already FINISHED in run {held}")
                     return Claim("finished", attempt=attempt, holder=held)
