@@ -170,6 +170,12 @@ def check_study(spec: SweepSpec, study, space: dict[str, Param]) -> None:
     stored = study.user_attrs.get(SPACE_ATTR) or {}
     for name, p in space.items():
         old = stored.get(name)
+        if old is not None and old.get("kind") != p.kind:
+            # e.g. seeds [0, 1, 5] (ordinal: stored values are indices) -> [0, 1, 2] (int: stored values are
+            # values): Optuna finds the two IntDistributions compatible, but the stored numbers mean other things
+            raise SpecError(f"grid.{name}: the Optuna study {spec.name!r} searched {old.get('values')} as "
+                            f"{old.get('kind')!r}; got {list(p.values)} as {p.kind!r}; its encoding cannot "
+                            "change (use a new sweep name)")
         if old is not None and p.kind in ("ordinal", "categorical") and old != p.describe():
             raise SpecError(f"grid.{name}: the Optuna study {spec.name!r} searched {old['values']}; got "
                             f"{list(p.values)}; its choices cannot change (use a new sweep name)")

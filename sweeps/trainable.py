@@ -138,7 +138,7 @@ def sweep_trainable(config: dict, ctx: SweepContext) -> None:
         except runs.TrackingUnavailable:
             spooled.update(keep(None, {**meta, "fail_reason": reason}))
 
-    with heartbeat(ctx, run_id):
+    with heartbeat(ctx, run_id):                         # alive until the run has ended, logging included
         try:
             outcome = run_isolated(options, threads, ctx.time_limit_s,
                                    on_start=lambda pid: store.tag(run_id, {"trial_pid": pid}),
@@ -147,29 +147,30 @@ def sweep_trainable(config: dict, ctx: SweepContext) -> None:
             fail(f"crashed: {e} (attempt {attempt})")
             raise                                        # Tune retries it (FailureConfig.max_failures)
 
-    if outcome[0] != "ok":
-        reason = outcome[1]
-        fail(reason)
-        _report(nan_metrics(), "failed", key, t0, {**extra, "failure": reason, **spooled})
-        return
-    record = outcome[1]
-    record["worker"] = worker
-    record.setdefault("timings", {})["trial_wall"] = time.time() - t0
-    try:
-        if run_id is None:
-            raise runs.TrackingUnavailable("no run")
-        store.finish(run_id, record)
-        status = "finished"
-    except RunClosed:
-        # our run was closed meanwhile (judged abandoned by another driver) or the key FINISHED elsewhere:
-        # the record goes into a fresh claimed run, or nowhere if another run holds the key
-        status = "elsewhere"
-        with contextlib.suppress(RunClosed, runs.TrackingUnavailable):
-            again = store.claim(key, options, ctx.parent_run_id, ctx.owner, where)
-            if again.status == "claimed":
-                store.finish(again.run_id, record)
-                status = "finished"
-    except runs.TrackingUnavailable:
-        spooled.update(keep(record, meta))
-        status = "spooled"
+        if outcome[0] != "ok":
+            reason = outcome[1]
+            fail(reason)
+            _report(nan_metrics(), "failed", key, t0, {**extra, "failure": reason, **spooled})
+            return
+        record = outcome[1]
+        record["worker"] = worker
+        record.setdefault("timings", {})["trial_wall"] = time.time() - t0
+        try:
+            if run_id is None:
+                raise runs.TrackingUnavailable("no run")
+            store.finish(run_id, record)
+            status = "finished"
+        except RunClosed:
+            # our run was closed meanwhile (judged abandoned by another driver) or the key FINISHED elsewhere:
+            # the record goes into a fresh claimed run, or nowhere if another run holds the key
+            status = "elsewhere"
+            with contextlib.suppress(RunClosed, runs.TrackingUnavailable):
+                again = store.claim(key, options, ctx.parent_run_id, ctx.owner, where)
+                if again.status == "claimed":
+                    with heartbeat(ctx, again.run_id):
+                        store.finish(again.run_id, record)
+                    status = "finished"
+        except runs.TrackingUnavailable:
+            spooled.update(keep(record, meta))
+            status = "spooled"
     _report(trial_metrics(record), status, key, t0, {**extra, "failure": record.get("failure") or "", **spooled})

@@ -86,6 +86,29 @@ def test_changed_direction_or_choices_fail_in_one_line_before_anything_starts(tm
         assert str(e.value).startswith(field + ":") and "\n" not in str(e.value), str(e.value)
 
 
+def test_changed_kind_of_an_option_is_refused_even_when_optuna_finds_it_compatible(tmp_path):
+    """seeds [0, 1, 5] is ordinal (the study stores indices 0..2), [0, 1, 2] is an IntDistribution over the same
+    range 0..2: Optuna calls them compatible, but index 2 (seed 5) would then be read as seed 2."""
+    spec = _spec(seeds=[0, 1, 5])
+    space = osearch.search_space(spec)
+    assert space["seed"].kind == "ordinal"
+    storage = _storage(tmp_path)
+    _n, study = osearch.open_study(spec, storage, space)
+    t = study.ask(fixed_distributions={k: p.distribution() for k, p in space.items()})
+    study.tell(t, 1.0)
+    changed = _spec(seeds=[0, 1, 2])
+    assert osearch.search_space(changed)["seed"].kind == "int"
+    with pytest.raises(SpecError) as e:
+        osearch.open_study(changed, storage, osearch.search_space(changed))
+    msg = str(e.value)
+    assert msg.startswith("grid.seed:") and "'ordinal'" in msg and "'int'" in msg and "\n" not in msg, msg
+    # and the other way round, on a fresh study
+    back, fwd = _spec(name="opt2", seeds=[0, 1, 2]), _spec(name="opt2", seeds=[0, 1, 5])
+    osearch.open_study(back, storage, osearch.search_space(back))
+    with pytest.raises(SpecError, match=r"^grid.seed: .*'int'; got \[0, 1, 5\] as 'ordinal'"):
+        osearch.open_study(fwd, storage, osearch.search_space(fwd))
+
+
 def test_study_of_the_earlier_index_encoding_is_refused_in_one_line(tmp_path):
     """A study written by the earlier runner (every option categorical over indices) cannot continue with
     numeric distributions: Optuna would raise CategoricalDistribution's ValueError in the middle of the sweep."""

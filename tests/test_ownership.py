@@ -50,7 +50,13 @@ def test_owner_tag_round_trip_and_liveness():
     other = Owner(me.host, os.getppid(), "other")                 # a live process of this host
     fresh = {OWNER_TAG: other.tag(), HEARTBEAT_TAG: f"{now:.0f}"}
     assert owner_alive(fresh, me, now)
-    assert not owner_alive(fresh, Owner(me.host, 1, "other"), now)     # the claimer's own driver launch
+    # a run of the claimer's own driver launch is alive while its worker is (one driver runs several trials
+    # of one key at once); dead when its worker pid is gone, when it is this very worker's, or the driver ends
+    mine = {OWNER_TAG: me.tag(), HEARTBEAT_TAG: f"{now:.0f}", "hostname": me.host}
+    assert owner_alive({**mine, "worker_pid": str(os.getppid())}, me, now)
+    assert not owner_alive({**mine, "worker_pid": str(_dead_pid())}, me, now)
+    assert not owner_alive({**mine, "worker_pid": str(os.getpid())}, me, now)
+    assert not owner_alive({**mine, "worker_pid": str(os.getppid())}, me, now, mine_gone=True)
     assert not owner_alive({OWNER_TAG: other.tag(), HEARTBEAT_TAG: f"{now - 10_000:.0f}"}, me, now)  # stale
     assert not owner_alive({OWNER_TAG: Owner(me.host, _dead_pid(), "x").tag(), HEARTBEAT_TAG: f"{now:.0f}"}, me, now)
     assert not owner_alive({**fresh, "hostname": me.host, "worker_pid": str(_dead_pid())}, me, now)
@@ -86,6 +92,15 @@ def test_claim_finish_and_orphans(template, tmp_path):
         s.finish(cf.run_id, rec, figures=False)
     assert _status(s, cf.run_id) == "FAILED"
 
+    # two trials of one key in one driver (another worker of mine holds it): neither kills the other's run;
+    # the driver's end-of-sweep cleanup closes it
+    other_worker = {"hostname": a.host, "worker_pid": str(os.getppid())}
+    c1 = s.claim("k4", rec["config"], parent, a, other_worker)
+    c2 = s.claim("k4", rec["config"], parent, a, {"hostname": a.host, "worker_pid": str(os.getpid())})
+    assert c1.status == "claimed" and c2.status == "elsewhere" and c2.holder == c1.run_id
+    assert _status(s, c1.run_id) == "RUNNING"
+    assert s.close_orphans(b) == [] and s.close_orphans(a) == [c1.run_id]
+
     # a run whose driver is gone is taken over by the next claim
     gone = Owner(a.host, _dead_pid(), "gone")
     cg = s.claim("k3", rec["config"], parent, gone)
@@ -100,6 +115,74 @@ def test_claim_finish_and_orphans(template, tmp_path):
     assert _status(s, late) == "KILLED"
     fin = [r for r in s.key_runs("k3") if r.info.status == "FINISHED"]
     assert len(fin) == 1
+
+
+def test_finish_rechecks_before_the_end_and_settles_a_race(template, tmp_path):
+    """finish's steps forced into the bad interleavings: the run is closed by another driver after its record
+    is logged (it must not become FINISHED), and two runs of a key both ended FINISHED (the earlier keeps it)."""
+    s, parent = _sweep_store(template, tmp_path)
+    rec = make_record((4,), 0)
+    a = Owner.this_process()
+    c = runs.client(s.tracking_uri)
+    ck = s.claim("k1", rec["config"], parent, a)
+    c.log_batch(ck.run_id, tags=[])                              # ... its record logged, artifacts uploading
+    other = runs.client(s.tracking_uri)                          # another driver judges it abandoned
+    other.set_terminated(ck.run_id, "KILLED")
+    with pytest.raises(RunClosed):
+        runs._end_finished(c, ck.run_id)
+    assert _status(s, ck.run_id) == "KILLED" and "k1" not in s.finished_keys()
+
+    # two runs of k2 that both passed the last check and ended FINISHED: whichever settles, the earlier keeps
+    # the key and the later ends KILLED as a duplicate
+    for settle_first in ("late", "early"):
+        key = f"k2-{settle_first}"
+        two = [runs.start_trial_run(s.tracking_uri, s.experiment_id, parent, s.sweep, key, rec["config"], i,
+                                    kill_dead=False) for i in (1, 2)]
+        early, late = sorted(two, key=lambda r: runs._order(c.get_run(r)))
+        c.set_terminated(early, "FINISHED")
+        c.set_terminated(late, "FINISHED")
+        if settle_first == "late":
+            with pytest.raises(RunClosed):
+                runs._settle_finished(c, late)
+        else:
+            runs._settle_finished(c, early)
+        assert _status(s, early) == "FINISHED" and _status(s, late) == "KILLED"
+        assert c.get_run(late).data.tags["failure_reason"] == f"duplicate: key already FINISHED in run {early}"
+
+
+def _claimer(uri: str, exp: str, parent: str, keys: list, barrier, out) -> None:
+    """One of two processes racing for each key: both wait at the barrier, then claim at the same moment."""
+    s = SweepStore(uri, exp, "own")
+    me = Owner.this_process()
+    for key in keys:
+        barrier.wait(timeout=120)
+        c = s.claim(key, {"seed": 0}, parent, me, {"hostname": me.host, "worker_pid": str(os.getpid())})
+        out.put((key, c.status, c.run_id))
+
+
+def test_two_processes_claiming_one_key_at_once_exactly_one_wins(template, tmp_path):
+    """Two real processes claim the same key at the same moment (a barrier), 12 keys in a row, on one SQLite
+    store: each key has exactly one winner, and its run is the key's only RUNNING run."""
+    import multiprocessing as mp
+
+    s, parent = _sweep_store(template, tmp_path)
+    keys = [f"race-{i}" for i in range(12)]
+    ctx = mp.get_context("spawn")
+    barrier, out = ctx.Barrier(2), ctx.Queue()
+    procs = [ctx.Process(target=_claimer, args=(s.tracking_uri, s.experiment_id, parent, keys, barrier, out))
+             for _ in range(2)]
+    for p in procs:
+        p.start()
+    got = [out.get(timeout=300) for _ in range(2 * len(keys))]
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    for key in keys:
+        mine = [g for g in got if g[0] == key]
+        assert sorted(g[1] for g in mine) == ["claimed", "elsewhere"], mine
+        winner = next(g[2] for g in mine if g[1] == "claimed")
+        running = [r.info.run_id for r in s.key_runs(key) if r.info.status == "RUNNING"]
+        assert running == [winner], (key, running)
 
 
 def _wait_running(uri: str, sweep: str, timeout: float = 240) -> None:
@@ -119,7 +202,8 @@ def _wait_running(uri: str, sweep: str, timeout: float = 240) -> None:
 def test_two_drivers_on_one_sweep_one_finished_run_per_key(tmp_path):
     """Two real `permsym sweep` processes (each with its own embedded Ray) on one SQLite store, the second
     started while the first has a trial RUNNING: every key ends with exactly one FINISHED run, no run stays
-    RUNNING, and no run was closed as abandoned (neither driver killed the other's live runs)."""
+    RUNNING, every KILLED run is a duplicate, and none was closed as abandoned (neither driver killed the other's
+    live runs), however the two drivers' trials happened to interleave."""
     from sweeps.plan import plan
     from sweeps.spec import load_spec
     from tracking.store import results_uri
@@ -153,5 +237,8 @@ def test_two_drivers_on_one_sweep_one_finished_run_per_key(tmp_path):
     for r in kids:
         if r.info.status == "KILLED":
             assert r.data.tags.get("failure_reason", "").startswith("duplicate:"), r.data.tags
+        assert "abandoned" not in r.data.tags.get("failure_reason", ""), r.data.tags   # no live run killed
+    # Whether the second driver opened runs at all depends on timing (the first may finish every key before
+    # the second plans; it then opens none): overlap is likely (it starts while a trial is RUNNING), not asserted.
     owners = {r.data.tags.get(OWNER_TAG, "").rsplit(":", 1)[-1] for r in kids}
-    assert len(owners) == 2, "both drivers opened runs"
+    assert 1 <= len(owners) <= 2, owners

@@ -62,13 +62,23 @@ class Owner:
             return None
 
 
-def owner_alive(tags: dict, me: Owner | None = None, now: float | None = None) -> bool:
-    """Whether the owner of a RUNNING run (its tags) may still be running it, as seen by `me`."""
+def owner_alive(tags: dict, me: Owner | None = None, now: float | None = None, *, mine_gone: bool = False) -> bool:
+    """Whether the owner of a RUNNING run (its tags) may still be running it, as seen by `me`.
+
+    A run of `me`'s own driver launch is not dead for that alone: one driver runs several trials of one key at
+    once (a grid over an option outside the trial key, e.g. `device`). It is dead when it is this very worker
+    process's run (an earlier attempt this worker replaces: one trial runs per worker at a time), when its
+    worker pid is gone, or by the usual rules; `mine_gone=True` (the driver is ending) counts all of `me`'s
+    runs as gone."""
     owner = Owner.parse(tags.get(OWNER_TAG, ""))
     if owner is None:
         return False                                  # logged outside a sweep: nobody runs it
+    here = socket.gethostname()
     if me is not None and owner.driver_id == me.driver_id:
-        return False                                  # my own earlier attempt of the key
+        if mine_gone:
+            return False                              # my driver is ending: nobody runs my runs any more
+        if tags.get("hostname") == here and str(tags.get("worker_pid", "")) == str(os.getpid()):
+            return False                              # this very worker's earlier attempt of the key
     now = time.time() if now is None else now
     try:
         beat = float(tags.get(HEARTBEAT_TAG) or 0)
@@ -76,7 +86,6 @@ def owner_alive(tags: dict, me: Owner | None = None, now: float | None = None) -
         beat = 0.0
     if now - beat > stale_s():
         return False
-    here = socket.gethostname()
     if owner.host == here and not pid_alive(owner.pid):
         return False
     wpid = tags.get("worker_pid")

@@ -200,7 +200,7 @@ def finished_keys(tracking_uri: str, experiment_id: str, sweep_name: str) -> set
 
 
 def _kill_running(tracking_uri: str, experiment_id: str, sweep_name: str, trial_key: str | None = None,
-                  owner=None) -> list[str]:
+                  owner=None, mine_gone: bool = False) -> list[str]:
     """KILL the RUNNING trial runs (of one key, or of the sweep) whose owner is gone as seen by `owner`
     (tracking.owner.owner_alive): runs of a live driver are left alone."""
     from .owner import owner_alive
@@ -212,7 +212,7 @@ def _kill_running(tracking_uri: str, experiment_id: str, sweep_name: str, trial_
     killed = []
     now = time.time()
     for r in search_all(tracking_uri, [experiment_id], _trial_filter(sweep_name, extra)):
-        if owner_alive(r.data.tags, owner, now):
+        if owner_alive(r.data.tags, owner, now, mine_gone=mine_gone):
             continue
         c.set_tag(r.info.run_id, "failure_reason", "attempt abandoned (worker or driver stopped); marked KILLED")
         c.set_terminated(r.info.run_id, "KILLED")
@@ -260,7 +260,7 @@ def _check_open(c, run_id: str) -> None:
         raise RunClosed(f"run {run_id}: key {key} already FINISHED in run {done[0].info.run_id}")
 
 
-def finish_trial_run(tracking_uri: str, run_id: str, record: Any, *, figures: bool = True) -> None:
+def finish_trial_run(tracking_uri: str, run_id: str, record: Any, *, figures: bool = True, claims=None) -> None:
     """Log the record (metrics, tags, JSON, points table, figures) and end the run FINISHED.
 
     Only a RUNNING run whose key has no FINISHED run yet is ended FINISHED; otherwise RunClosed
@@ -301,7 +301,58 @@ def finish_trial_run(tracking_uri: str, run_id: str, record: Any, *, figures: bo
             if conv and record.get("points"):
                 (tmp / POINTS_ARTIFACT).write_text(points_table_json(record))
             c.log_artifacts(run_id, str(tmp))
-        c.set_terminated(run_id, "FINISHED")
+        _end_finished(c, run_id, claims)
+
+
+def _end_finished(c, run_id: str, claims=None) -> None:
+    """End a logged run FINISHED: check it again (another driver may have closed it, or FINISHED its key, while
+    the artifacts uploaded), end it, then settle a race that slipped between the check and the end. With a
+    claims table (tracking.claims, SQLite stores) all of it runs in the table's transaction, and the run must
+    still be its key's holder there."""
+    from .owner import RunClosed
+
+    if claims is not None:
+        with claims.locked() as t:
+            tags = c.get_run(run_id).data.tags
+            held = t.holder(tags.get("sweep", ""), tags.get("trial_key", ""))
+            if held is not None and held != run_id:
+                if c.get_run(run_id).info.status == "RUNNING":
+                    c.set_tag(run_id, "failure_reason", f"duplicate: key held by run {held}")
+                    c.set_terminated(run_id, "KILLED")
+                raise RunClosed(f"run {run_id}: its key is held by run {held}")
+            _end_finished(c, run_id)
+        return
+    _check_open(c, run_id)
+    c.set_terminated(run_id, "FINISHED")
+    _settle_finished(c, run_id)
+
+
+def _order(r) -> tuple:
+    """The order that decides which run holds a key (tracking.sweepstore.SweepStore.claim uses it too)."""
+    return (r.info.start_time or 0, r.info.run_id)
+
+
+def _settle_finished(c, run_id: str) -> None:
+    """After ending `run_id` FINISHED: if the key has another FINISHED run (a race between the last check
+    and the end), the earliest in `_order` keeps the key and every later one ends KILLED 'duplicate: ...'.
+    Whichever of two racing runs reads second sees both, so the key keeps exactly one FINISHED run; RunClosed
+    when this run is the one that gives way."""
+    from .owner import RunClosed
+
+    run = c.get_run(run_id)
+    key, sweep = run.data.tags.get("trial_key"), run.data.tags.get("sweep")
+    if key is None or sweep is None:
+        return
+    done = sorted(c.search_runs([run.info.experiment_id], _trial_filter(
+        sweep, f"tags.trial_key = {_q(key)} and attributes.status = 'FINISHED'")), key=_order)
+    if len(done) < 2:
+        return
+    first = done[0]
+    for r in done[1:]:
+        c.set_tag(r.info.run_id, "failure_reason", f"duplicate: key already FINISHED in run {first.info.run_id}")
+        c.set_terminated(r.info.run_id, "KILLED")
+    if first.info.run_id != run_id:
+        raise RunClosed(f"run {run_id}: key {key} already FINISHED in run {first.info.run_id}")
 
 
 def fail_trial_run(tracking_uri: str, run_id: str, reason: str) -> None:
@@ -321,7 +372,7 @@ def close_orphans(tracking_uri: str, experiment_id: str, sweep_name: str, owner=
     """Mark KILLED this sweep's RUNNING trial runs whose owner is gone (tracking.owner.owner_alive; `owner`'s
     own runs count as gone: its driver is ending). Runs of another live driver are left RUNNING."""
     with _guard(tracking_uri):
-        return _kill_running(tracking_uri, experiment_id, sweep_name, owner=owner)
+        return _kill_running(tracking_uri, experiment_id, sweep_name, owner=owner, mine_gone=owner is not None)
 
 
 def log_trial(tracking_uri: str, experiment_id: str, parent_run_id: str, sweep_name: str, trial_key: str,

@@ -5,26 +5,41 @@ run, tag it, read the running runs, close the runs nobody owns any more); it hol
 pickles it into every trial. `Owner` says who owns a RUNNING run: the driver (host, pid, a random id per
 driver launch). Ownership rules (README, "One owner per run"):
 - a key is *claimed* before its trial runs (`SweepStore.claim`): the run is created RUNNING with its owner
-  and a heartbeat, then the key's runs are read back; a FINISHED run, or a live RUNNING run that started
-  earlier (ties broken by run id), wins and the new run ends KILLED at once. Every driver applies the same
-  order, so two drivers on one sweep never both run (and never both FINISH) one key;
+  and a heartbeat; on a SQLite store the key's holder is then decided in the sidecar claims table
+  (tracking.claims, one transaction: atomic), on a server store by reading the key's runs back twice (a
+  FINISHED run, or a live RUNNING run that started earlier, ties broken by run id, wins: best effort). The
+  loser's run ends KILLED at once;
 - only the owner ends its run; `finish` refuses a run that is no longer RUNNING (a KILLED or FAILED run never
-  becomes FINISHED) or whose key already has a FINISHED run;
+  becomes FINISHED), that is not its key's holder in the claims table, or whose key already has a FINISHED
+  run; it checks again right before the end and settles a race after it (the earliest FINISHED run keeps
+  the key);
 - a RUNNING run counts as abandoned only when its owner is provably gone (`owner_alive`): no owner tag
-  (runs logged outside a sweep), the claimer's own driver (an earlier attempt it replaces), a driver or
-  worker pid that no longer exists on this host, or a heartbeat older than `stale_s()`.
+  (runs logged outside a sweep), the claiming worker's own earlier attempt, a driver or worker pid that no
+  longer exists on this host, a heartbeat older than `stale_s()`, or (`close_orphans(owner)`) the ending
+  driver's own runs.
 """
 from __future__ import annotations
 
 import contextlib
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from . import runs
+from .claims import ClaimTable
 from .owner import HEARTBEAT_S, HEARTBEAT_TAG, OWNER_TAG, Owner, RunClosed, owner_alive  # noqa: F401
+
+
+DEFAULT_CLAIM_SETTLE_S = 2.0        # server stores: the second read-back of a claim waits this long
+
+
+def claim_settle_s() -> float:
+    with contextlib.suppress(ValueError):
+        return float(os.environ.get("PERMSYM_CLAIM_SETTLE_S", DEFAULT_CLAIM_SETTLE_S))
+    return DEFAULT_CLAIM_SETTLE_S
 
 
 @dataclass(frozen=True)
@@ -84,6 +99,49 @@ class SweepStore:
         all_tags = {OWNER_TAG: owner.tag(), HEARTBEAT_TAG: f"{time.time():.0f}", **(tags or {})}
         run_id = runs.start_trial_run(self.tracking_uri, self.experiment_id, parent_run_id, self.sweep, key,
                                       config, attempt, tags=all_tags, kill_dead=False)
+        table = ClaimTable.for_uri(self.tracking_uri)
+        if table is not None:
+            return self._claim_in_table(table, key, run_id, owner, attempt)
+        got = self._read_back(key, run_id, owner, attempt)
+        if got.status == "claimed":
+            # a server store: a slower insert with an earlier start_time may not have been visible yet
+            time.sleep(claim_settle_s())
+            got = self._read_back(key, run_id, owner, attempt)
+        return got
+
+    def _claim_in_table(self, table: ClaimTable, key: str, run_id: str, owner: Owner, attempt: int) -> Claim:
+        """SQLite stores: the claims table says who holds the key, read and written in one transaction."""
+        with self.guard(), table.locked() as t:
+            held = t.holder(self.sweep, key)
+            h = None
+            if held is not None and held != run_id:
+                from mlflow.exceptions import MlflowException
+
+                with contextlib.suppress(MlflowException):               # a holder no longer in the store
+                    h = runs.client(self.tracking_uri).get_run(held)
+            if h is not None:
+                if h.info.status == "FINISHED":
+                    self._end(run_id, "KILLED", f"duplicate: key already FINISHED in run {held}")
+                    return Claim("finished", attempt=attempt, holder=held)
+                if h.info.status == "RUNNING":
+                    if owner_alive(h.data.tags, owner):
+                        self._end(run_id, "KILLED", f"duplicate: key held by run {held} "
+                                                    f"({h.data.tags.get(OWNER_TAG, '')})")
+                        return Claim("elsewhere", attempt=attempt, holder=held)
+                    self._end(held, "KILLED", "attempt abandoned (its owner is gone); marked KILLED")
+            done = self.key_runs(key, "attributes.status = 'FINISHED'")  # e.g. logged by `log_trial`
+            if done:
+                self._end(run_id, "KILLED", f"duplicate: key already FINISHED in run {done[0].info.run_id}")
+                return Claim("finished", attempt=attempt, holder=done[0].info.run_id)
+            t.hold(self.sweep, key, run_id)
+        for r in self.key_runs(key, "attributes.status = 'RUNNING'"):     # housekeeping: runs nobody owns
+            if r.info.run_id != run_id and not owner_alive(r.data.tags, owner):
+                self._end(r.info.run_id, "KILLED", "attempt abandoned (its owner is gone); marked KILLED")
+        return Claim("claimed", run_id, attempt)
+
+    def _read_back(self, key: str, run_id: str, owner: Owner, attempt: int) -> Claim:
+        """Server stores: read the key's runs back; a FINISHED run, or the earliest live RUNNING run (start
+        time, then run id), holds the key; our run ends KILLED when it is not the holder."""
         mine = None
         contenders = []
         for r in self.key_runs(key):
@@ -97,8 +155,9 @@ class SweepStore:
                     contenders.append(r)
                 else:
                     self._end(r.info.run_id, "KILLED", "attempt abandoned (its owner is gone); marked KILLED")
-        order = sorted(contenders + ([mine] if mine is not None else []),
-                       key=lambda r: (r.info.start_time or 0, r.info.run_id))
+        if mine is not None and mine.info.status != "RUNNING":
+            return Claim("elsewhere", attempt=attempt)                   # another claimer took it over
+        order = sorted(contenders + ([mine] if mine is not None else []), key=runs._order)
         if mine is not None and order[0].info.run_id != run_id:
             holder = order[0]
             self._end(run_id, "KILLED", f"duplicate: key held by run {holder.info.run_id} "
@@ -117,7 +176,8 @@ class SweepStore:
     def finish(self, run_id: str, record: Any, *, figures: bool = True) -> None:
         """Log the record and end the run FINISHED; RunClosed if it is not RUNNING any more or its key is
         FINISHED elsewhere (the record is then not logged)."""
-        runs.finish_trial_run(self.tracking_uri, run_id, record, figures=figures)
+        runs.finish_trial_run(self.tracking_uri, run_id, record, figures=figures,
+                              claims=ClaimTable.for_uri(self.tracking_uri))
 
     def fail(self, run_id: str, reason: str) -> None:
         runs.fail_trial_run(self.tracking_uri, run_id, reason)
