@@ -8,12 +8,12 @@ carries `hostname`, `worker_pid`, `trial_pid` and, while RUNNING, `phase`.
 from __future__ import annotations
 
 import math
-import os
 import socket
 import time
 from dataclasses import dataclass, field
 
 from . import runs as _runs
+from .owner import pid_alive
 
 
 @dataclass
@@ -57,22 +57,12 @@ class SweepStatus:
         return None if self.planned is None else max(0, self.planned - self.finished - len(self.running))
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _state(parent) -> str:
     st = parent.info.status
     tags = parent.data.tags
     if st == "RUNNING" and tags.get("driver_host") == socket.gethostname():
         pid = tags.get("driver_pid", "")
-        if pid.isdigit() and not _pid_alive(int(pid)):
+        if pid.isdigit() and not pid_alive(int(pid)):
             return "RUNNING (driver gone)"
     return st
 
