@@ -8,7 +8,9 @@ experiment exist before the first trial starts.
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import sqlite3
 import uuid
 from pathlib import Path
@@ -75,6 +77,46 @@ def enable_wal(db_path: str | os.PathLike) -> str:
     return str(mode)
 
 
+def template_dir() -> Path:
+    """Where migrated empty stores are kept (one per MLflow version): beside the results cache."""
+    base = os.environ.get("PERMSYM_CACHE_DIR")
+    if not base:
+        base = str(Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "permsym")
+    return Path(base) / "store-templates"
+
+
+def _migrated_db(path: Path, artifacts: Path) -> None:
+    """Build a fully migrated MLflow SQLite database at `path` (tables + every migration: ~3-4 s)."""
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    store = SqlAlchemyStore(f"sqlite:///{path}", str(artifacts))
+    store.engine.dispose()                         # no pooled connection may outlive the rename
+
+
+def _template() -> Path | None:
+    """A migrated empty store for this MLflow version, built once and reused by every new store (None if
+    the cache folder cannot be written: the caller migrates in place). Built aside and linked into place, so a
+    concurrent builder never leaves a half-migrated template."""
+    import mlflow
+
+    folder = template_dir()
+    tpl = folder / f"mlflow-{mlflow.__version__}.db"
+    if tpl.is_file():
+        return tpl
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f".{tpl.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+        try:
+            _migrated_db(tmp, folder / "artifacts")
+            with contextlib.suppress(FileExistsError):
+                os.link(tmp, tpl)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return tpl if tpl.is_file() else None
+    except OSError:
+        return None
+
+
 def create_sqlite_store(db: Path, wal: bool = True) -> bool:
     """Create a fully migrated MLflow SQLite database at `db`, atomically; False if one was already there.
 
@@ -83,15 +125,25 @@ def create_sqlite_store(db: Path, wal: bool = True) -> bool:
     `_alembic_tmp_metrics` behind and an alembic version that no later client could upgrade from). So the
     tables are built in a private file beside `db`, switched to WAL, and hard-linked into place: another
     process (a second driver, the UI, a test polling for results) sees either no database or a complete one.
+    The private file is a copy of a migrated empty template (`_template`, one per MLflow version, under
+    `template_dir()`): the migrations (~3-4 s) run once per machine, not once per sweep. The copy's Default
+    experiment is pointed at this store's artifacts folder; PERMSYM_STORE_TEMPLATE=off migrates in place.
     """
-    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
-
     if db.exists():
         return False
     tmp = db.with_name(f".{db.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
-        store = SqlAlchemyStore(f"sqlite:///{tmp}", str(db.parent / "artifacts"))   # tables + migrations
-        store.engine.dispose()                     # no pooled connection may outlive the rename
+        tpl = None if os.environ.get("PERMSYM_STORE_TEMPLATE", "").lower() in ("off", "0", "false", "no") \
+            else _template()
+        if tpl is not None:
+            shutil.copyfile(tpl, tmp)
+            con = sqlite3.connect(str(tmp))
+            with con:
+                con.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = 0",
+                            (str(db.parent / "artifacts" / "0"),))
+            con.close()
+        else:
+            _migrated_db(tmp, db.parent / "artifacts")
         if wal:
             enable_wal(tmp)
         try:
