@@ -241,11 +241,12 @@ def start_trial_run(tracking_uri: str, experiment_id: str, parent_run_id: str, s
     return run.info.run_id
 
 
-def _check_open(c, run_id: str) -> None:
-    """RunClosed unless the run is RUNNING and its key has no other FINISHED run (one FINISHED run per key)."""
+def _check_open(c, run_id: str, run=None) -> None:
+    """RunClosed unless the run is RUNNING and its key has no other FINISHED run (one FINISHED run per key).
+    `run`: the run as just read, in the same claims-table transaction (saves reading it again)."""
     from .owner import RunClosed
 
-    run = c.get_run(run_id)
+    run = run if run is not None else c.get_run(run_id)
     if run.info.status != "RUNNING":
         raise RunClosed(f"run {run_id} is {run.info.status}: not ending it FINISHED")
     key, sweep = run.data.tags.get("trial_key"), run.data.tags.get("sweep")
@@ -287,7 +288,12 @@ def finish_trial_run(tracking_uri: str, run_id: str, record: Any, *, figures: bo
         tags.append(RunTag("mlflow.loggedArtifacts", json.dumps([{"path": POINTS_ARTIFACT, "type": "table"}])))
     with _guard(tracking_uri):
         c = client(tracking_uri)
-        _check_open(c, run_id)
+        if claims is None:
+            _check_open(c, run_id)
+        elif c.get_run(run_id).info.status != "RUNNING":     # the key's checks run once, in the table lock
+            from .owner import RunClosed
+
+            raise RunClosed(f"run {run_id} is not RUNNING: not ending it FINISHED")
         c.log_batch(run_id, metrics=metrics, tags=tags)
         with tempfile.TemporaryDirectory(prefix="permsym-log-") as tmp:
             tmp = Path(tmp)
@@ -313,14 +319,17 @@ def _end_finished(c, run_id: str, claims=None) -> None:
 
     if claims is not None:
         with claims.locked() as t:
-            tags = c.get_run(run_id).data.tags
+            run = c.get_run(run_id)
+            tags = run.data.tags
             held = t.holder(tags.get("sweep", ""), tags.get("trial_key", ""))
             if held is not None and held != run_id:
-                if c.get_run(run_id).info.status == "RUNNING":
+                if run.info.status == "RUNNING":
                     c.set_tag(run_id, "failure_reason", f"duplicate: key held by run {held}")
                     c.set_terminated(run_id, "KILLED")
                 raise RunClosed(f"run {run_id}: its key is held by run {held}")
-            _end_finished(c, run_id)
+            _check_open(c, run_id, run)
+            c.set_terminated(run_id, "FINISHED")
+            _settle_finished(c, run_id, run)
         return
     _check_open(c, run_id)
     c.set_terminated(run_id, "FINISHED")
@@ -332,14 +341,14 @@ def _order(r) -> tuple:
     return (r.info.start_time or 0, r.info.run_id)
 
 
-def _settle_finished(c, run_id: str) -> None:
+def _settle_finished(c, run_id: str, run=None) -> None:
     """After ending `run_id` FINISHED: if the key has another FINISHED run (a race between the last check
     and the end), the earliest in `_order` keeps the key and every later one ends KILLED 'duplicate: ...'.
     Whichever of two racing runs reads second sees both, so the key keeps exactly one FINISHED run; RunClosed
     when this run is the one that gives way."""
     from .owner import RunClosed
 
-    run = c.get_run(run_id)
+    run = run if run is not None else c.get_run(run_id)     # its tags and experiment: they do not change
     key, sweep = run.data.tags.get("trial_key"), run.data.tags.get("sweep")
     if key is None or sweep is None:
         return

@@ -101,7 +101,7 @@ class SweepStore:
                                       config, attempt, tags=all_tags, kill_dead=False)
         table = ClaimTable.for_uri(self.tracking_uri)
         if table is not None:
-            return self._claim_in_table(table, key, run_id, owner, attempt)
+            return self._claim_in_table(table, key, run_id, owner, attempt, before)
         got = self._read_back(key, run_id, owner, attempt)
         if got.status == "claimed":
             # a server store: a slower insert with an earlier start_time may not have been visible yet
@@ -109,7 +109,8 @@ class SweepStore:
             got = self._read_back(key, run_id, owner, attempt)
         return got
 
-    def _claim_in_table(self, table: ClaimTable, key: str, run_id: str, owner: Owner, attempt: int) -> Claim:
+    def _claim_in_table(self, table: ClaimTable, key: str, run_id: str, owner: Owner, attempt: int,
+                        before: list) -> Claim:
         """SQLite stores: the claims table says who holds the key, read and written in one transaction."""
         with self.guard(), table.locked() as t:
             held = t.holder(self.sweep, key)
@@ -134,8 +135,8 @@ class SweepStore:
                 self._end(run_id, "KILLED", f"duplicate: key already FINISHED in run {done[0].info.run_id}")
                 return Claim("finished", attempt=attempt, holder=done[0].info.run_id)
             t.hold(self.sweep, key, run_id)
-        for r in self.key_runs(key, "attributes.status = 'RUNNING'"):     # housekeeping: runs nobody owns
-            if r.info.run_id != run_id and not owner_alive(r.data.tags, owner):
+        for r in before:              # housekeeping: the key's RUNNING runs nobody owns (as read before ours)
+            if r.info.status == "RUNNING" and r.info.run_id != held and not owner_alive(r.data.tags, owner):
                 self._end(r.info.run_id, "KILLED", "attempt abandoned (its owner is gone); marked KILLED")
         return Claim("claimed", run_id, attempt)
 
