@@ -110,7 +110,7 @@ def _n_minimisations(config: dict) -> int:
 
 
 def model_trial_s(config: dict, n_in: int, n_out: int, bias: bool) -> float:
-    from .spec import n_params
+    from .spec_checks import n_params
 
     P = n_params(list(config.get("widths") or []), n_in, n_out, bias)
     return MODEL_OVERHEAD_S + MODEL_S_PER_MINIMISATION * _n_minimisations(config) * max(1.0, P / MODEL_P_REF) ** 1.5
@@ -138,7 +138,7 @@ def dry_run(spec, tracking_uri: str, results_dir) -> str:
     from tracking.store import redact_uri, sqlite_path
 
     from .plan import plan
-    from .spec import task_dims
+    from .spec_checks import task_dims
 
     planned = plan(spec)
     done: set[str] = set()
