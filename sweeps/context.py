@@ -41,3 +41,11 @@ def trial_of(config: dict, ctx: SweepContext) -> tuple[str, dict]:
         d[name] = config[name] if name in config else values[0]
     cfg = TrialConfig.from_dict(d)
     return cfg.trial_key(), cfg.to_dict()
+
+
+def trials_of(config: dict, ctx: SweepContext) -> list[tuple[str, dict]]:
+    """The (key, options) of every trial a Tune trial carries: a chunk of grid trials (`"trials"`, see
+    sweeps.chunks), or one trial (`trial_of`)."""
+    if "trials" in config:
+        return [(t["key"], t["config"]) for t in config["trials"]]
+    return [trial_of(config, ctx)]

@@ -2,6 +2,7 @@
 of the running trials (read from their `phase` tags in the store)."""
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import sys
@@ -13,6 +14,7 @@ from ray import tune
 from tracking.sweepstore import SweepStore
 
 _STREAMS: dict[int, Any] = {}     # progress streams by id: Tune pickles its callbacks with the run config
+_HOOKS: dict[int, Any] = {}       # outcome hooks by id (the driver's figure writer), for the same reason
 
 
 class Progress(tune.Callback):
@@ -28,7 +30,8 @@ class Progress(tune.Callback):
         self._polled, self._shown = 0.0, {}
         self.t0 = time.time()
         self.running, self.done, self.failed, self.errored, self.skipped = 0, 0, 0, 0, 0
-        self.results: dict[str, dict] = {}
+        self.outcomes: dict[tuple, dict] = {}      # (Tune trial id, trial key) -> its reported outcome
+        self.hook_id = 0                            # _HOOKS[hook_id](outcome) for every outcome (figures)
         self.times: list[float] = []
 
     def _line(self, msg: str) -> None:
@@ -64,11 +67,17 @@ class Progress(tune.Callback):
         self._line(f"start {_trial_label(trial)}")
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        self.results[trial.trial_id] = dict(result)
-
-    def on_trial_complete(self, iteration, trials, trial, **info):
-        self.running = max(0, self.running - 1)
-        res = self.results.get(trial.trial_id, {})
+        """Every report is one permsym trial's outcome (a Tune trial may carry a chunk of them)."""
+        res = dict(result)
+        slot = (trial.trial_id, res.get("trial_key") or "")
+        before = self.outcomes.get(slot, {}).get("status")
+        if before in ("finished", "spooled", "failed") and res.get("status") == "skipped":
+            return                  # a retried chunk passing over a trial it had already finished
+        self.outcomes[slot] = res
+        hook = _HOOKS.get(self.hook_id)
+        if hook is not None:
+            with contextlib.suppress(Exception):
+                hook(res)
         status = res.get("status", "?")
         if status == "failed":
             self.failed += 1
@@ -87,7 +96,10 @@ class Progress(tune.Callback):
                     f"points, {int(res.get('n_first_order', 0))} first-order"
                     if isinstance(loss, float) and math.isfinite(loss) else
                     f"{status} in {res.get('wall_s', 0):.1f} s: {res.get('failure') or 'not converged'}")
-        self._line(f"{_trial_label(trial)} {what}")
+        self._line(f"{_result_label(res, trial)} {what}")
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.running = max(0, self.running - 1)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self.running = max(0, self.running - 1)
@@ -99,15 +111,31 @@ class Progress(tune.Callback):
         self._line(f"{_trial_label(trial)} crashed, retrying")
 
 
-def make_progress(total: int, enabled: bool, stream=None, watch: SweepStore | None = None) -> Progress:
+def make_progress(total: int, enabled: bool, stream=None, watch: SweepStore | None = None,
+                  on_outcome=None) -> Progress:
+    """The driver's progress callback; `on_outcome(result)` is called with every trial's reported outcome."""
     stream_id = id(stream) if stream is not None else 0
     if stream is not None:
         _STREAMS[stream_id] = stream
-    return Progress(total, enabled, stream_id, watch)
+    cb = Progress(total, enabled, stream_id, watch)
+    if on_outcome is not None:
+        cb.hook_id = id(on_outcome)
+        _HOOKS[cb.hook_id] = on_outcome
+    return cb
+
+
+def _result_label(res: dict, trial) -> str:
+    key = res.get("trial_key") or ""
+    return f"{key[:8]} {res['label']}" if res.get("label") else _trial_label(trial)
 
 
 def _trial_label(trial) -> str:
     cfg = trial.config or {}
+    if "trials" in cfg:
+        first, n = cfg["trials"][0], len(cfg["trials"])
+        c = first["config"]
+        more = f" (+{n - 1} more)" if n > 1 else ""
+        return f"{first['key'][:8]} widths={c['widths']} {c['activation']} seed={c['seed']}{more}"
     if "trial" in cfg:
         c = cfg["trial"]["config"]
         return f"{cfg['trial']['key'][:8]} widths={c['widths']} {c['activation']} seed={c['seed']}"

@@ -22,7 +22,9 @@ from tracking.metrics import trial_metrics  # noqa: F401  (re-exported: sweeps.r
 from tracking.owner import Owner
 from tracking.sweepstore import SweepStore
 
+from .chunks import chunked
 from .context import SweepContext, trial_of
+from .figure_writer import FigureWriter
 from .isolation import TrialCrashed, run_isolated  # noqa: F401  (re-exported)
 from .plan import PlannedTrial, plan
 from .progress import Progress, make_progress  # noqa: F401  (re-exported)
@@ -52,14 +54,24 @@ def check_before_start(spec: SweepSpec, address: str | None) -> None:
                             f"the other MNIST idx files, got {str(root)!r} (missing {', '.join(missing)})")
 
 
-def _collect(summary: SweepSummary, results_grid, elsewhere: set[str]) -> None:
+def _collect(summary: SweepSummary, results_grid, outcomes: dict, elsewhere: set[str]) -> None:
+    """Count the trials' outcomes: every report the driver saw (`outcomes`, one per trial, a chunk's trials
+    included), then what only the result grid knows: the Tune trials that errored (each of their trials with
+    no outcome counts as errored) and the trials of a restored experiment that ended before this run."""
     from tracking import spool
 
+    seen = {key for _, key in outcomes}
+    rows = list(outcomes.values())
     for r in results_grid:
         m = r.metrics or {}
-        if r.error is not None and not m.get("status"):
-            summary.errored += 1
-            continue
+        cfg = r.config or {}
+        keys = [t["key"] for t in cfg["trials"]] if "trials" in cfg else \
+            [cfg["trial"]["key"]] if "trial" in cfg else [m.get("trial_key")]
+        if r.error is not None:
+            summary.errored += sum(1 for k in keys if k is None or k not in seen)
+        elif m.get("status") and m.get("trial_key") not in seen:
+            rows.append(m)
+    for m in rows:
         st = m.get("status")
         if m.get("spool_payload"):          # a record the worker could not log: kept by the driver
             with contextlib.suppress(Exception):
@@ -166,14 +178,19 @@ def run_sweep(spec, *, address: str | None = None, tracking_uri: str | None = No
     store.close_orphans(owner)                        # runs a dead driver or worker left RUNNING
     interrupted = False
     elsewhere: set[str] = set()
+    figures = FigureWriter(tracking_uri)
     try:
-        results_grid = _fit(spec, ctx, pending, n_to_run, results, resume, max_concurrent, progress, out,
-                            storage, space)
-        _collect(summary, results_grid, elsewhere)
+        results_grid, outcomes = _fit(spec, ctx, pending, n_to_run, results, resume, max_concurrent, progress,
+                                      out, storage, space, figures.submit)
+        _collect(summary, results_grid, outcomes, elsewhere)
     except KeyboardInterrupt:
         interrupted = True
         raise
     finally:
+        if progress and figures.queued and not interrupted:
+            print(f"drawing the figures of {figures.queued} more runs", file=out, flush=True)
+        with contextlib.suppress(Exception):
+            figures.close(wait=not interrupted)
         with contextlib.suppress(Exception):
             store.close_orphans(owner)
         if owns_ray:
@@ -215,8 +232,20 @@ def _sync_spool(summary: SweepSummary, results: Path) -> None:
     summary.pending = len(left)
 
 
+def _slots(spec: SweepSpec, conc: int | None) -> int:
+    """How many trials can run at once: the cluster's CPUs (and GPUs) over a trial's, at most max_concurrent."""
+    import ray
+
+    have = ray.cluster_resources()
+    n = int(have.get("CPU", 1) // spec.resources.cpus) if spec.resources.cpus else 1
+    if spec.resources.gpus:
+        n = min(n, int(have.get("GPU", 0) // spec.resources.gpus))
+    return max(1, min(n, conc) if conc else n)
+
+
 def _fit(spec: SweepSpec, ctx: SweepContext, pending: list[PlannedTrial], n_to_run: int, results: Path,
-         resume: bool, max_concurrent: int | None, progress: bool, out, storage, space):
+         resume: bool, max_concurrent: int | None, progress: bool, out, storage, space, on_outcome=None):
+    """Run the Tune experiment; (its result grid, every trial outcome the driver saw: Progress.outcomes)."""
     from ray import tune
 
     from . import optuna_search as osearch
@@ -229,7 +258,7 @@ def _fit(spec: SweepSpec, ctx: SweepContext, pending: list[PlannedTrial], n_to_r
                                     {"cpu": spec.resources.cpus, "gpu": spec.resources.gpus})
     storage_path = str(results / "ray")
     exp_dir = Path(storage_path) / spec.name
-    cb = make_progress(n_to_run, progress, out, ctx.store)
+    cb = make_progress(n_to_run, progress, out, ctx.store, on_outcome)
     run_config = tune.RunConfig(
         name=spec.name, storage_path=storage_path, verbose=0, callbacks=[cb],
         failure_config=tune.FailureConfig(max_failures=spec.max_failures),
@@ -249,13 +278,16 @@ def _fit(spec: SweepSpec, ctx: SweepContext, pending: list[PlannedTrial], n_to_r
         still = ctx.store.finished_keys()
         rest = [t for t in pending if t.key not in still]
         if not rest:
-            return grid
+            return grid, cb.outcomes
         pending = rest
     if spec.search.kind == "grid":
-        param_space = {"trial": tune.grid_search([{"key": t.key, "config": t.config} for t in pending])}
+        fixed = spec.trials_per_task if isinstance(spec.trials_per_task, int) else None
+        chunks = chunked(pending, _slots(spec, conc), fixed)
+        param_space = {"trials": tune.grid_search([[{"key": t.key, "config": t.config} for t in c]
+                                                   for c in chunks])}
         tune_config = tune.TuneConfig(reuse_actors=True, max_concurrent_trials=conc,
-                                      trial_name_creator=lambda t: f"t_{t.config['trial']['key'][:10]}",
-                                      trial_dirname_creator=lambda t: f"t_{t.config['trial']['key']}_{t.trial_id}")
+                                      trial_name_creator=lambda t: f"t_{t.config['trials'][0]['key'][:10]}",
+                                      trial_dirname_creator=lambda t: f"t_{t.config['trials'][0]['key']}_{t.trial_id}")
     else:
         search = osearch.dedup_optuna_search(
             lambda params: trial_of(params, ctx)[0], space,
@@ -266,4 +298,4 @@ def _fit(spec: SweepSpec, ctx: SweepContext, pending: list[PlannedTrial], n_to_r
         tune_config = tune.TuneConfig(reuse_actors=True, max_concurrent_trials=conc, search_alg=search,
                                       num_samples=n_to_run, trial_dirname_creator=lambda t: f"t_{t.trial_id}")
     tuner = tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=run_config)
-    return tuner.fit()
+    return tuner.fit(), cb.outcomes

@@ -1,9 +1,11 @@
-"""The Ray Tune trainable of a sweep: one trial = claim its key, run it isolated, log it, report scalars.
+"""The Ray Tune trainable of a sweep: claim each trial's key, run it isolated, log it, report its scalars.
 
-Per trial: the key is claimed in the store (`SweepStore.claim`: skipped when the key is FINISHED or held by
+A Tune trial carries one trial or a chunk of them (`sweeps.chunks`: several short trials per Tune trial),
+run in turn, each reported to Tune as it ends. Per trial: the key is claimed in the store (`SweepStore.claim`: skipped when the key is FINISHED or held by
 another live driver's run), the trial runs in a child process under the time limit (`sweeps.isolation`),
 its run is tagged with where it runs and, throttled, its phase, a heartbeat thread keeps the run's
-`permsym.heartbeat` fresh, and the outcome is logged by the run's owner (spooled when the server is down).
+`permsym.heartbeat` fresh, and the outcome is logged by the run's owner (spooled when the server is down). The trial's figures are not drawn
+here: the driver draws them beside the sweep (`sweeps.figure_writer`), off the trial's critical path.
 """
 from __future__ import annotations
 
@@ -17,10 +19,11 @@ import time
 from tracking.metrics import nan_metrics, trial_metrics
 from tracking.owner import HEARTBEAT_S, RunClosed
 
-from .context import SweepContext, trial_of
+from .context import SweepContext, trials_of
 from .isolation import TrialCrashed, run_isolated
 
 PHASE_EVERY_S = 5.0      # a RUNNING run's `phase` tag is rewritten at most this often (and on a new phase name)
+PHASE_GRACE_S = 1.0      # and first written once the trial has run this long
 
 
 def worker_info() -> dict:
@@ -45,15 +48,18 @@ def phase_text(phase: str, k: int, n: int) -> str:
 
 class PhaseTagger:
     """on_phase for run_isolated: the `phase` tag of the trial's run, throttled (one store write per
-    PHASE_EVERY_S, or when the phase's name changes)."""
+    PHASE_EVERY_S, or when the phase's name changes; none in the trial's first PHASE_GRACE_S)."""
 
     def __init__(self, ctx: SweepContext, run_id: str | None):
         self.ctx, self.run_id = ctx, run_id
         self.name: str | None = None
         self.t = 0.0
+        self.t0 = time.monotonic()
 
     def __call__(self, phase: str, k: int, n: int) -> None:
         now = time.monotonic()
+        if now - self.t0 < PHASE_GRACE_S:            # a short trial writes no phase tags (2 store calls saved)
+            return
         if phase == self.name and now - self.t < PHASE_EVERY_S:
             return
         self.name, self.t = phase, now
@@ -88,19 +94,25 @@ def _report(metrics: dict, status: str, key: str, t0: float, extra: dict | None 
 
 
 def sweep_trainable(config: dict, ctx: SweepContext) -> None:
-    """One trial: skip it if its key is FINISHED or held by a live run of another driver, else claim its
-    MLflow run, run it in a child process under the time limit, log the outcome, report the scalars."""
-    from tracking import runs, spool
-
-    t0 = time.time()
-    store = ctx.store
-    key, options = trial_of(config, ctx)
+    """The trials of one Tune trial (one, or a chunk), in turn: see `run_one`. A crash (TrialCrashed) ends the
+    Tune trial; Tune retries it (FailureConfig.max_failures) and the retry skips the trials already FINISHED."""
     threads = max(1, int(ctx.cpus))
     with contextlib.suppress(Exception):
         import torch
 
         torch.set_num_threads(threads)
     worker = worker_info()
+    for key, options in trials_of(config, ctx):
+        run_one(key, options, ctx, threads, worker)
+
+
+def run_one(key: str, options: dict, ctx: SweepContext, threads: int, worker: dict) -> None:
+    """One trial: skip it if its key is FINISHED or held by a live run of another driver, else claim its
+    MLflow run, run it in a child process under the time limit, log the outcome, report the scalars."""
+    from tracking import runs, spool
+
+    t0 = time.time()
+    store = ctx.store
     extra = {"node_id": worker.get("node_id", ""), "label": ctx.labels.get(key, "")}
     where = {"worker_pid": worker.get("pid", ""), "hostname": worker.get("hostname", ""),
              "node_id": worker.get("node_id", "")}
@@ -158,7 +170,7 @@ def sweep_trainable(config: dict, ctx: SweepContext) -> None:
         try:
             if run_id is None:
                 raise runs.TrackingUnavailable("no run")
-            store.finish(run_id, record)
+            store.finish(run_id, record, figures=False)
             status = "finished"
         except RunClosed:
             # our run was closed meanwhile (judged abandoned by another driver) or the key FINISHED elsewhere:
@@ -168,9 +180,11 @@ def sweep_trainable(config: dict, ctx: SweepContext) -> None:
                 again = store.claim(key, options, ctx.parent_run_id, ctx.owner, where)
                 if again.status == "claimed":
                     with heartbeat(ctx, again.run_id):
-                        store.finish(again.run_id, record)
+                        store.finish(again.run_id, record, figures=False)
+                    run_id = again.run_id
                     status = "finished"
         except runs.TrackingUnavailable:
             spooled.update(keep(record, meta))
             status = "spooled"
-    _report(trial_metrics(record), status, key, t0, {**extra, "failure": record.get("failure") or "", **spooled})
+    _report(trial_metrics(record), status, key, t0, {**extra, "failure": record.get("failure") or "", **spooled,
+                                                     "run_id": run_id if status == "finished" else ""})

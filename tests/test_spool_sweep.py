@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 def test_server_down_mid_trial_record_reaches_the_driver_and_sync_logs_it(tmp_path):
     srv = MlflowServer(tmp_path / "srv", make_template_db(tmp_path / "tpl")).start()
     spec = {"name": "sp", "task": "toy", "resources": {"cpus": 1},
-            "grid": {"widths": [[3]], "seeds": [0], "adam_steps": 200, "path_relax": False, "gamma_scan": False,
+            "grid": {"widths": [[5]], "seeds": [0], "adam_steps": 2000, "path_relax": False, "gamma_scan": False,
                      "path_points": 5}}
     f = tmp_path / "sp.yaml"
     f.write_text(yaml.safe_dump(spec))
@@ -41,7 +41,7 @@ def test_server_down_mid_trial_record_reaches_the_driver_and_sync_logs_it(tmp_pa
             except Exception:
                 pass
             time.sleep(0.5)
-        assert running is not None, "no trial run opened"
+        assert running is not None, ("no trial run opened", proc.poll(), proc.poll() is not None and proc.communicate())
         srv.stop()                                           # the server goes away while the trial runs
         out, err = proc.communicate(timeout=600)
     finally:

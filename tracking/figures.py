@@ -208,3 +208,29 @@ def trial_figures(record: dict) -> dict:
         if fig is not None:
             out[name] = fig
     return out
+
+
+def log_figures(tracking_uri: str, run_id: str, record: dict | None = None) -> int:
+    """Draw a logged trial's figures and add them to its run (`figures/*.png`); the record is read from the
+    run when not given. Returns how many were logged. A run may be FINISHED already: MLflow accepts artifacts
+    on any run, and the figures change no metric, tag or status."""
+    import json
+    import tempfile
+    from pathlib import Path
+
+    from . import runs
+    from .cache import read_artifact
+
+    if record is None:
+        with runs.guard(tracking_uri):
+            record = json.loads(read_artifact(tracking_uri, run_id, runs.RECORD_ARTIFACT))
+    figs = trial_figures(record)
+    if not figs:
+        return 0
+    with tempfile.TemporaryDirectory(prefix="permsym-fig-") as tmp:
+        for name, fig in figs.items():
+            (Path(tmp) / name).parent.mkdir(parents=True, exist_ok=True)
+            save_png(fig, Path(tmp) / name)
+        with runs.guard(tracking_uri):
+            runs.client(tracking_uri).log_artifacts(run_id, str(Path(tmp) / "figures"), "figures")
+    return len(figs)

@@ -1,0 +1,106 @@
+"""Cheap trials: chunks of trials per Tune trial, figures drawn by the driver, stores copied from a template.
+
+- chunk sizes (guided self-scheduling) against hand-computed cases;
+- a store made from the migrated template against one migrated in place (schema, alembic version, where the
+  Default experiment's artifacts go);
+- a real sweep on local Ray with `trials_per_task: 3`: 7 trials in 3 Tune trials, one FINISHED run per key,
+  every run with the figures its record supports (drawn by the driver's figure writer, not in the trial),
+  a relaunch runs nothing.
+"""
+from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
+
+import pytest
+from fixtures.mlflow_helpers import sweep_runs
+
+os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+
+FAST = {"adam_steps": 200, "path_relax": False, "gamma_scan": False, "path_points": 5}
+
+
+def test_chunk_sizes_hand_computed():
+    from sweeps.chunks import chunk_sizes, chunked
+
+    # ceil(20/8)=3, ceil(17/8)=3, ceil(14/8)=2, ceil(12/8)=2, ceil(10/8)=2, then 8 single trials
+    assert chunk_sizes(20, 2) == [3, 3, 2, 2, 2] + [1] * 8
+    assert chunk_sizes(8, 2) == [1] * 8                    # a small sweep: one trial per Tune trial, as before
+    assert chunk_sizes(10, 1, fixed=3) == [3, 3, 3, 1]
+    assert chunk_sizes(0, 2) == []
+    assert max(chunk_sizes(100_000, 1)) == 64              # MAX_CHUNK
+    assert chunked(list("abcdefg"), 1, fixed=3) == [["a", "b", "c"], ["d", "e", "f"], ["g"]]
+
+
+def _schema(db: Path) -> tuple:
+    con = sqlite3.connect(str(db))
+    try:
+        tables = sorted(r for r in con.execute("SELECT type, name, sql FROM sqlite_master WHERE sql IS NOT NULL"))
+        version = con.execute("SELECT version_num FROM alembic_version").fetchall()
+        default = con.execute("SELECT artifact_location FROM experiments WHERE experiment_id = 0").fetchone()[0]
+    finally:
+        con.close()
+    return tables, version, default
+
+
+def test_store_from_template_equals_store_migrated_in_place(tmp_path, monkeypatch):
+    from mlflow import MlflowClient
+
+    from tracking.store import prepare_store, results_uri, template_dir
+
+    monkeypatch.setenv("PERMSYM_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("PERMSYM_STORE_TEMPLATE", "off")
+    prepare_store(results_uri(tmp_path / "inplace"), "e")
+    monkeypatch.delenv("PERMSYM_STORE_TEMPLATE")
+    assert not template_dir().exists()                    # "off" really migrated in place
+    prepare_store(results_uri(tmp_path / "copied"), "e")
+    assert list(template_dir().glob("mlflow-*.db"))        # the template was built, and is reused below
+    uri = results_uri(tmp_path / "again")
+    prepare_store(uri, "e")
+
+    a_tables, a_version, a_default = _schema(tmp_path / "inplace" / "mlflow.db")
+    for name in ("copied", "again"):
+        tables, version, default = _schema(tmp_path / name / "mlflow.db")
+        assert tables == a_tables and version == a_version
+        assert default == str(tmp_path / name / "artifacts" / "0")
+    assert a_default == str(tmp_path / "inplace" / "artifacts" / "0")
+    c = MlflowClient(uri)                                  # and it is a working store
+    run = c.create_run(c.get_experiment_by_name("e").experiment_id)
+    c.log_metric(run.info.run_id, "x", 1.5)
+    assert c.get_run(run.info.run_id).data.metrics == {"x": 1.5}
+
+
+@pytest.mark.slow
+def test_chunked_sweep_one_run_per_key_and_figures_from_the_driver(local_ray, tmp_path):
+    from sweeps.plan import plan
+    from sweeps.runner import run_sweep
+    from sweeps.spec import load_spec
+    from tracking import runs
+    from tracking.figures import trial_figures
+    from tracking.store import results_uri
+
+    spec = {"name": "chunky", "task": "toy", "grid": {"widths": [[2]], "seeds": list(range(7)), **FAST},
+            "resources": {"cpus": 1}, "max_failures": 0, "trials_per_task": 3}
+    keys = {t.key for t in plan(load_spec(spec))}
+    s = run_sweep(spec, results_dir=tmp_path, progress=False)
+    assert (s.finished, s.failed, s.errored) == (7, 0, 0)
+    assert sorted(t.trial_key for t in s.trials) == sorted(keys)
+    tune_trials = [p for p in (tmp_path / "ray" / "chunky").iterdir() if p.is_dir() and p.name.startswith("t_")]
+    assert len(tune_trials) == 3                           # 3 + 3 + 1
+
+    uri = results_uri(tmp_path)
+    c, found = sweep_runs(uri, "chunky")
+    kids = [r for r in found if r.data.tags.get("trial_key")]
+    assert sorted(r.data.tags["trial_key"] for r in kids if r.info.status == "FINISHED") == sorted(keys)
+    assert len(kids) == 7
+    import json
+
+    for r in kids:
+        arts = {a.path for a in c.list_artifacts(r.info.run_id, "figures")}
+        record = json.loads(Path(c.download_artifacts(r.info.run_id, runs.RECORD_ARTIFACT, str(tmp_path))).read_text())
+        want = set(trial_figures(record))
+        assert want and arts == want, (r.info.run_id, arts, want)
+
+    again = run_sweep(spec, results_dir=tmp_path, progress=False)
+    assert again.already_finished == 7 and again.finished == 0
