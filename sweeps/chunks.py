@@ -7,6 +7,11 @@ trials, so the first chunks are long and the last ones are single trials, and no
 chunk while the others are idle at the end of the sweep. A sweep with no more than GSS_FACTOR * slots trials
 gets one trial per chunk (every small sweep runs exactly as before). `trials_per_task: n` in the spec fixes
 the size instead.
+
+With a cost per trial (sweeps.cost, a rough model) the trials are first ordered longest first (LPT: a long
+trial started last would leave the other workers idle while it runs) and the chunks are cut by cost instead of
+count: each takes trials until its cost reaches remaining cost / (GSS_FACTOR * slots), so an expensive trial
+runs alone and cheap ones are grouped. With equal costs this is exactly `chunk_sizes`.
 """
 from __future__ import annotations
 
@@ -40,4 +45,28 @@ def chunked(items: Sequence[T], slots: int, fixed: int | None = None) -> list[li
     for k in chunk_sizes(len(items), slots, fixed):
         out.append(list(items[i:i + k]))
         i += k
+    return out
+
+
+def cost_chunks(items: Sequence[T], costs: Sequence[float], slots: int, fixed: int | None = None
+                ) -> list[list[T]]:
+    """`items` ordered by cost, longest first (ties keep their order), cut into chunks of about equal cost by
+    guided self-scheduling on the remaining cost (at most MAX_CHUNK trials each); `fixed`: that many per chunk."""
+    if len(costs) != len(items):
+        raise ValueError(f"costs: expected {len(items)} values, got {len(costs)}")
+    order = sorted(range(len(items)), key=lambda i: -float(costs[i]))
+    if fixed is not None:
+        return chunked([items[i] for i in order], slots, fixed)
+    slots = max(1, int(slots))
+    left = sum(float(costs[i]) for i in order)
+    out, j = [], 0
+    while j < len(order):
+        target = left / (GSS_FACTOR * slots)
+        chunk, spent = [], 0.0
+        while j < len(order) and len(chunk) < MAX_CHUNK and (not chunk or spent < target * (1 - 1e-9)):
+            chunk.append(items[order[j]])
+            spent += float(costs[order[j]])
+            j += 1
+        out.append(chunk)
+        left -= spent
     return out

@@ -10,13 +10,7 @@ import os
 
 import click
 
-# Per-trial cost model for `sweep --dry-run` when the store has no measured trial of that architecture:
-# measured on the toy task (BENCHMARKS.md, sweep section): a width-4 trial (P = 12, 6 merged pairs, so 7
-# minimisations) takes 4.3 s of run_trial on one thread plus 2.56 s of sweep overhead. The minimisations
-# dominate and their Newton steps cost about P^1.5 here; a rough guide, printed as such.
-MODEL_S_PER_MINIMISATION = 4.3 / 7
-MODEL_P_REF = 12
-MODEL_OVERHEAD_S = 2.56
+from .cost import MODEL_OVERHEAD_S, model_trial_s
 
 
 def _store_options(f):
@@ -90,31 +84,6 @@ def status_cmd(sweep, results, tracking_uri) -> None:
 
 
 # --- sweep --dry-run ------------------------------------------------------------------------------------
-
-def _n_minimisations(config: dict) -> int:
-    """1 (the minimum) + the reduced trainings: the pair sets merged per hidden layer and order."""
-    pairs = str(config.get("pairs", "all"))
-    n = 1
-    for w in config.get("widths") or []:
-        for K in config.get("orders") or [1]:
-            if 2 * K > w:
-                continue
-            if pairs == "nearest":
-                n_pairs = w
-            elif pairs.startswith("random:"):
-                n_pairs = min(int(pairs.split(":")[1] or 0), math.comb(w, 2))
-            else:
-                n_pairs = math.comb(w, 2)
-            n += max(1, math.comb(n_pairs, K)) if K > 1 else n_pairs
-    return n
-
-
-def model_trial_s(config: dict, n_in: int, n_out: int, bias: bool) -> float:
-    from .spec_checks import n_params
-
-    P = n_params(list(config.get("widths") or []), n_in, n_out, bias)
-    return MODEL_OVERHEAD_S + MODEL_S_PER_MINIMISATION * _n_minimisations(config) * max(1.0, P / MODEL_P_REF) ** 1.5
-
 
 def _measured_times(uri: str) -> dict[tuple, float]:
     """Mean `time_total` of FINISHED trial runs in the store, by (task, activation, widths)."""

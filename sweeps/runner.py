@@ -22,7 +22,8 @@ from tracking.metrics import trial_metrics  # noqa: F401  (re-exported: sweeps.r
 from tracking.owner import Owner
 from tracking.sweepstore import SweepStore
 
-from .chunks import chunked
+from .chunks import cost_chunks
+from .cost import schedule_costs
 from .context import SweepContext, trial_of
 from .figure_writer import FigureWriter
 from .isolation import TrialCrashed, run_isolated  # noqa: F401  (re-exported)
@@ -282,7 +283,8 @@ def _fit(spec: SweepSpec, ctx: SweepContext, pending: list[PlannedTrial], n_to_r
         pending = rest
     if spec.search.kind == "grid":
         fixed = spec.trials_per_task if isinstance(spec.trials_per_task, int) else None
-        chunks = chunked(pending, _slots(spec, conc), fixed)
+        # longest first, cut into chunks of about equal modelled work (sweeps.cost, sweeps.chunks)
+        chunks = cost_chunks(pending, schedule_costs([t.config for t in pending]), _slots(spec, conc), fixed)
         param_space = {"trials": tune.grid_search([[{"key": t.key, "config": t.config} for t in c]
                                                    for c in chunks])}
         tune_config = tune.TuneConfig(reuse_actors=True, max_concurrent_trials=conc,

@@ -33,6 +33,36 @@ def test_chunk_sizes_hand_computed():
     assert chunked(list("abcdefg"), 1, fixed=3) == [["a", "b", "c"], ["d", "e", "f"], ["g"]]
 
 
+def test_cost_chunks_longest_first_and_cut_by_cost():
+    from sweeps.chunks import chunk_sizes, cost_chunks
+
+    # total 12 on one slot: target 12/4 = 3 takes "a" (4) alone; then 8/4 = 2 -> b, c; 6/4 = 1.5 -> d, e;
+    # 4/4 = 1 -> f; and single trials after
+    items = list("abcdefghi")
+    assert cost_chunks(items, [4, 1, 1, 1, 1, 1, 1, 1, 1], 1) == [["a"], ["b", "c"], ["d", "e"], ["f"], ["g"],
+                                                                   ["h"], ["i"]]
+    # the longest trial first (LPT), ties in grid order
+    assert cost_chunks(list("abcd"), [1, 1, 1, 3], 2) == [["d"], ["a"], ["b"], ["c"]]
+    # equal costs give exactly the count-based chunks
+    assert [len(c) for c in cost_chunks(list(range(20)), [0.3] * 20, 2)] == chunk_sizes(20, 2)
+    assert cost_chunks(list("abcde"), [1, 2, 3, 4, 5], 1, fixed=2) == [["e", "d"], ["c", "b"], ["a"]]
+    with pytest.raises(ValueError, match="costs"):
+        cost_chunks(list("ab"), [1.0], 1)
+
+
+def test_cost_model_counts_the_minimisations():
+    from sweeps.cost import n_minimisations, schedule_costs
+
+    # the minimum + one reduced training per merged pair: C(4,2) = 6 pairs; width 1 has no pair
+    assert n_minimisations({"widths": [4], "orders": [1], "pairs": "all"}) == 7
+    assert n_minimisations({"widths": [1], "orders": [1]}) == 1
+    assert n_minimisations({"widths": [6, 3], "orders": [1], "pairs": "nearest"}) == 1 + 6 + 3
+    assert n_minimisations({"widths": [10], "orders": [1], "pairs": "random:8"}) == 9
+    base = {"task": "toy", "task_options": {}, "orders": [1], "pairs": "all", "bias": None}
+    w1, w4, w5 = schedule_costs([{**base, "widths": [1]}, {**base, "widths": [4]}, {**base, "widths": [5]}])
+    assert w1 < w4 < w5
+
+
 def _schema(db: Path) -> tuple:
     con = sqlite3.connect(str(db))
     try:
