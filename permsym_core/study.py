@@ -34,6 +34,7 @@ from .tasks import make_task
 from .valleys import build_valley, permuted_minimum_path
 
 VALLEY_POINTS = 2          # irreducible reduced points per (layer, order) whose valleys a trial builds
+DESCENT_TRIES = 3          # saddles per layer whose descent leg is tried for the permuted-minimum path
 
 PhaseCallback = Callable[[str, int, int], None]   # on_phase(phase, k, n): see run_trial
 
@@ -367,10 +368,42 @@ class _Trial:
             pair = tuple(best["pair"])
             half = self.halves[(layer, pair)]
             rec = permuted_minimum_path(self.landscape, half.images, half.losses, layer, pair, sigma)
-            rec.update(relaxed=best["relaxed"], relaxed_converged=best["relaxed_converged"],
-                       point_first_order=best.get("point_first_order"))
+            rec.update(first_leg="relaxed", relaxed=best["relaxed"], relaxed_converged=best["relaxed_converged"],
+                       point_first_order=best.get("point_first_order"), descent=None)
+            if not rec["within_tol"]:
+                rec = self._descent_permuted_path(layer, cands, sigma) or rec
             self.permuted_paths.append(rec)
         self._tick("valleys", t0)
+
+    def _descent_permuted_path(self, layer: int, cands: list, sigma) -> dict | None:
+        """Where the relaxed string from theta* climbs above the point: the permuted path whose first leg is the
+        descent leg of a saddle of this layer (permsym_core.descent), first-order saddles first, at most
+        DESCENT_TRIES of them; the first that stays within tolerance and ends at theta* itself (up to a
+        permutation), else the best tried (within tolerance first)."""
+        from .descent import descent_leg
+        from .valleys import VALLEY_RTOL, loss_floor
+
+        order = sorted((p for _, p in cands if (p.get("point_index") or 0) >= 1),
+                       key=lambda p: (not p.get("point_first_order"), p["point_index"]))
+        slack = VALLEY_RTOL * loss_floor(self.landscape)
+        best = None
+        for path in order[:DESCENT_TRIES]:
+            pair = tuple(path["pair"])
+            theta_p = self.halves[(layer, pair)].images[-1]
+            leg = descent_leg(self.landscape, theta_p, self.theta_star, grad_tol=self.cfg.grad_tol,
+                              slack=max(slack, VALLEY_RTOL * abs(path["point_loss"])),
+                              dense_max_params=self.cfg.dense_max_params)
+            if leg is None:
+                continue
+            rec = permuted_minimum_path(self.landscape, leg.images, leg.losses, layer, pair, sigma)
+            rec.update(first_leg="descent", relaxed=False, relaxed_converged=None,
+                       point_first_order=path.get("point_first_order"), descent=leg.to_dict())
+            rank = (not rec["within_tol"], not leg.reaches, rec["max_rel_excess"])
+            if best is None or rank < best[0]:
+                best = (rank, rec)
+            if rec["within_tol"] and leg.reaches:
+                break
+        return None if best is None else best[1]
 
     # 8. counts --------------------------------------------------------------------------------------
     def counts(self) -> list[dict]:

@@ -122,8 +122,14 @@ def _check_trial(rec):
         assert len(losses) == sum(p["legs"]) and sorted(p["sigma"]) == list(range(len(p["sigma"])))
         assert p["valley_end_error"] == 0.0 and p["valley_max_rel_dev"] <= 1e-12
         assert p["end_loss"] == pytest.approx(p["start_loss"], rel=1e-9, abs=1e-20)  # sigma theta* is a minimum
-        if p["within_tol"]:
-            assert max(losses) <= p["point_loss"] + 1e-12 * max(p["point_loss"], 1e-300)
+        # the claim, on every path: no sample anywhere above the permutation point's loss
+        assert p["within_tol"] and max(losses) <= p["point_loss"] * (1 + 1e-12)
+        assert p["first_leg"] in ("relaxed", "descent")
+        if p["first_leg"] == "descent":                             # the leg down from the saddle, measured
+            d = p["descent"]
+            assert d["monotone"] and d["eigenvalue"] < 0 and d["n_images"] == p["legs"][0]
+            first = losses[:p["legs"][0]]
+            assert first[-1] == p["point_loss"] and min(first) == first[0] < p["point_loss"]
 
 
 def test_toy_trial_valleys_and_permuted_path(toy_trial):
@@ -142,6 +148,39 @@ def test_two_hidden_layer_teacher_valleys(deep_trial):
     _check_trial(deep_trial)
     for g in deep_trial["valley_groups"]:
         assert g["n_k"] == 3
+    # straight (unrelaxed) first legs climb above the point here, so both layers take a saddle's descent leg
+    assert [p["first_leg"] for p in deep_trial["permuted_paths"]] == ["descent", "descent"]
+
+
+def test_descent_leg_from_a_first_order_saddle():
+    """A saddle's descent leg falls all the way (sampled inside every segment, not only at its vertices) and
+    ends at a certified minimum. Which minimum is measured, not forced: on the toy width-4 net the saddle of
+    the pair (0, 1) descends to theta* itself (up to a permutation), the saddle of the pair (0, 3) to another,
+    higher minimum (loss 3.1e-6 against theta*'s ~1e-31)."""
+    from permsym_core.descent import descent_leg
+    from permsym_core.study import _Trial
+
+    trial = _Trial(TrialConfig(task="toy", widths=(4,), seed=0))
+    trial.train_minimum()
+    trial.reduce(1, 1)
+    land = trial.landscape
+    legs = {}
+    for (layer, pair), theta_p in sorted(trial.pair_points.items()):
+        if pair not in ((0, 1), (0, 3)):
+            continue
+        assert int((torch.linalg.eigvalsh(land.hessian(theta_p)) < -1e-10).sum()) == 1   # first-order saddles
+        leg = descent_leg(land, theta_p, trial.theta_star)
+        assert leg is not None and leg.eigenvalue < 0 and leg.monotone and leg.end_converged
+        assert leg.losses[-1] == land.loss(theta_p) and leg.losses[0] < leg.losses[-1]
+        assert all(b >= a - 1e-12 * leg.losses[-1] for a, b in zip(leg.losses[:-1], leg.losses[1:]))
+        assert float(land.grad(leg.images[0]).abs().max()) <= 1e-10
+        assert torch.equal(leg.images[-1], theta_p)
+        legs[pair] = leg
+    assert legs[(0, 1)].reaches and legs[(0, 1)].end_distance <= 1e-6 and legs[(0, 1)].losses[0] < 1e-18
+    assert not legs[(0, 3)].reaches and legs[(0, 3)].end_distance > 0.1
+    assert legs[(0, 3)].losses[0] > 1e-8 > legs[(0, 1)].losses[0]                 # a higher minimum
+    # a strict minimum has no descent leg
+    assert descent_leg(land, trial.theta_star, trial.theta_star) is None
 
 
 def test_unrelaxed_path_fails_the_perpendicular_gradient_check(toy_trial):
@@ -155,6 +194,11 @@ def test_unrelaxed_path_fails_the_perpendicular_gradient_check(toy_trial):
                            layer, pair)
     assert not straight["relaxed_converged"] and straight["max_perp_grad"] > straight["perp_grad_tol"]
     assert straight["string"] is None
+    # a string stopped after one iteration runs the same check and fails it too
+    short = path_record(trial.landscape, trace_half(trial.landscape, trial.theta_star, theta_p, 21, iters=1),
+                        layer, pair)
+    assert short["string"] is not None and not short["relaxed_converged"]
+    assert short["max_perp_grad"] > short["perp_grad_tol"]
     relaxed = next(p for p in toy_trial["paths"] if p["pair"] == list(pair))
     assert relaxed["relaxed_converged"] and relaxed["max_perp_grad"] <= PERP_GRAD_RTOL * straight["max_perp_grad"]
     assert relaxed["straight_max_perp_grad"] == pytest.approx(straight["max_perp_grad"], rel=1e-9)

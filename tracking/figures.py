@@ -179,7 +179,8 @@ def valley_figure(record: dict, max_lines: int = 6) -> Figure | None:
 
 
 def permuted_path_figure(record: dict) -> Figure | None:
-    """Loss along theta* -> permutation point -> valley -> sigma point -> sigma theta* (record['permuted_paths'])."""
+    """Loss along minimum -> permutation point -> valley -> sigma point -> sigma minimum (record['permuted_paths'];
+    the minimum is theta* for a relaxed first leg, where a saddle's descent leg ends for a `descent` one)."""
     paths = [p for p in record.get("permuted_paths") or [] if p.get("losses")]
     if not paths:
         return None
@@ -188,13 +189,13 @@ def permuted_path_figure(record: dict) -> Figure | None:
     for p in paths:
         losses = np.asarray(p["losses"], dtype=float)
         line = ax.plot(np.arange(len(losses)), losses, marker=".", ms=2, lw=0.8,
-                       label=f"layer {p.get('layer')}, sigma {p.get('sigma')}, max excess "
-                             f"{p.get('max_rel_excess', float('nan')):.2g}")[0]
+                       label=f"layer {p.get('layer')}, sigma {p.get('sigma')}, {p.get('first_leg', 'relaxed')} leg, "
+                             f"max excess {p.get('max_rel_excess', float('nan')):.2g}")[0]
         a, b, _ = p.get("legs") or [0, 0, 0]
         ax.axvspan(a, a + b, color=line.get_color(), alpha=0.08)
         ax.axhline(p.get("point_loss"), color=line.get_color(), ls=":", lw=0.8)
     _loss_axes(ax, paths, "sample (shaded: the valley at the permutation point's loss, dotted)",
-               "Minimum to permuted minimum: theta* -> point -> valley -> sigma point -> sigma theta*")
+               "Minimum to permuted minimum: m -> point -> valley -> sigma point -> sigma m")
     return fig
 
 
