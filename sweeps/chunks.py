@@ -8,8 +8,8 @@ chunk while the others are idle at the end of the sweep. A sweep with no more th
 gets one trial per chunk (every small sweep runs exactly as before). `trials_per_task: n` in the spec fixes
 the size instead.
 
-With a cost per trial (sweeps.cost, a rough model) the trials are first ordered longest first (LPT: a long
-trial started last would leave the other workers idle while it runs) and the chunks are cut by cost instead of
+With a cost per trial (sweeps.cost, a rough model) the trials are first ordered longest first when several run
+at once (LPT: a long trial started last would leave the other workers idle while it runs) and the chunks are cut by cost instead of
 count: each takes trials until its cost reaches remaining cost / (GSS_FACTOR * slots), so an expensive trial
 runs alone and cheap ones are grouped. With equal costs this is exactly `chunk_sizes`.
 """
@@ -50,14 +50,19 @@ def chunked(items: Sequence[T], slots: int, fixed: int | None = None) -> list[li
 
 def cost_chunks(items: Sequence[T], costs: Sequence[float], slots: int, fixed: int | None = None
                 ) -> list[list[T]]:
-    """`items` ordered by cost, longest first (ties keep their order), cut into chunks of about equal cost by
-    guided self-scheduling on the remaining cost (at most MAX_CHUNK trials each); `fixed`: that many per chunk."""
+    """`items` ordered by cost, longest first (ties keep their order; on one slot the order cannot change
+    when the sweep ends, so the grid's order is kept), cut into chunks of about equal cost by guided
+    self-scheduling on the remaining cost (at most MAX_CHUNK trials each); `fixed`: that many per chunk."""
     if len(costs) != len(items):
         raise ValueError(f"costs: expected {len(items)} values, got {len(costs)}")
-    order = sorted(range(len(items)), key=lambda i: -float(costs[i]))
+    order = list(range(len(items)))
+    if int(slots) > 1:
+        order.sort(key=lambda i: -float(costs[i]))
     if fixed is not None:
         return chunked([items[i] for i in order], slots, fixed)
     slots = max(1, int(slots))
+    if len(order) <= GSS_FACTOR * slots:            # a small sweep: one trial per Tune trial, as chunk_sizes
+        return [[items[i]] for i in order]
     left = sum(float(costs[i]) for i in order)
     out, j = [], 0
     while j < len(order):

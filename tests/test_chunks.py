@@ -41,11 +41,16 @@ def test_cost_chunks_longest_first_and_cut_by_cost():
     items = list("abcdefghi")
     assert cost_chunks(items, [4, 1, 1, 1, 1, 1, 1, 1, 1], 1) == [["a"], ["b", "c"], ["d", "e"], ["f"], ["g"],
                                                                    ["h"], ["i"]]
+    # one slot keeps the grid's order (LPT cannot shorten a sequential sweep): 12/4 = 3 takes b, c, d; then
+    # 9/4 = 2.25 takes a (4) alone, 5/4 -> e, f; 3/4 -> g; h; i
+    assert cost_chunks(list("bcdaefghi"), [1, 1, 1, 4, 1, 1, 1, 1, 1], 1) == [
+        ["b", "c", "d"], ["a"], ["e", "f"], ["g"], ["h"], ["i"]]
+    assert cost_chunks(list("bcda"), [1, 1, 1, 4], 1) == [["b"], ["c"], ["d"], ["a"]]   # <= 4 per slot: singles
     # the longest trial first (LPT), ties in grid order
     assert cost_chunks(list("abcd"), [1, 1, 1, 3], 2) == [["d"], ["a"], ["b"], ["c"]]
     # equal costs give exactly the count-based chunks
     assert [len(c) for c in cost_chunks(list(range(20)), [0.3] * 20, 2)] == chunk_sizes(20, 2)
-    assert cost_chunks(list("abcde"), [1, 2, 3, 4, 5], 1, fixed=2) == [["e", "d"], ["c", "b"], ["a"]]
+    assert cost_chunks(list("abcde"), [1, 2, 3, 4, 5], 2, fixed=2) == [["e", "d"], ["c", "b"], ["a"]]
     with pytest.raises(ValueError, match="costs"):
         cost_chunks(list("ab"), [1.0], 1)
 
