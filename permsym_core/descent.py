@@ -5,13 +5,14 @@ negative eigenvector v (either sign), then descend by damped Newton steps d = -(
 positive definite (a descent direction; mu -> 0 in the minimum's basin, where the steps become Newton's and
 converge quadratically). A step is taken only when the loss, sampled at SEGMENT_SAMPLES points inside the
 straight segment and at its end, falls all along it (to `slack`); otherwise mu grows (shorter, more
-gradient-like steps). The leg is the polyline of the accepted points, kept with its interior samples, so its
+gradient-like steps), and shrinks again after each accepted step (Levenberg-Marquardt). The leg is the polyline of the accepted points, kept with its interior samples, so its
 losses are measured along the whole path, not only at its vertices. Nothing is assumed: `monotone` is
 measured on the final samples, `end_converged` is the minimum's certificate (|grad|_inf <= grad_tol) and
 `reaches` says whether that minimum is the reference one (theta*, up to a permutation of neurons and the
 exact sign flips of permsym_core.canonical.orient).
 
-Of the two signs of v the leg that ends at the reference minimum is kept, else the one that ends lower.
+Of the two signs of v the leg that ends at the reference minimum is kept (the second sign is not tried when
+the first one gets there), else the one that ends at a certified minimum, else the one that ends lower.
 Used by permsym_core.study for the first leg of theta* -> permutation point -> valley -> sigma(point) ->
 sigma theta* where the relaxed string from theta* climbs above the point.
 """
@@ -68,22 +69,24 @@ def monotone_descent(landscape: Landscape, x0: Tensor, *, grad_tol: float, max_i
     x = x0
     loss, g = landscape.loss_grad(x)
     path, losses = [x], [float(loss)]
+    damp = 0.0                      # Levenberg-Marquardt memory: grows on a rejected step, shrinks on an accepted one
     for _ in range(max_iter):
         ginf = float(g.abs().max())
         if ginf <= grad_tol:
             return path, losses, True, ginf
         w, V = torch.linalg.eigh(landscape.hessian(x))
         scale = max(float(w.abs().max()), 1e-300)
-        mu = max(0.0, -float(w[0])) * 1.5 + 1e-12 * scale
+        shift = max(0.0, -float(w[0])) * 1.5 + 1e-12 * scale       # H + shift I is positive definite
         gv = V.T @ g
         for _ in range(MAX_REJECT):
-            d = -(V @ (gv / (w + mu)))
+            d = -(V @ (gv / (w + shift + damp)))
             seg = _segment(x, d, SEGMENT_SAMPLES)
             ls = batched_loss(landscape, seg).tolist()
             prev = [losses[-1]] + ls[:-1]
             if ls[-1] <= losses[-1] and all(b <= a + slack for a, b in zip(prev, ls)):
+                damp /= MU_GROW
                 break
-            mu = max(mu * MU_GROW, 1e-12 * scale * MU_GROW)
+            damp = max(damp * MU_GROW, 1e-8 * scale)
         else:
             return path, losses, False, ginf
         x = seg[-1]
@@ -94,7 +97,7 @@ def monotone_descent(landscape: Landscape, x0: Tensor, *, grad_tol: float, max_i
 
 
 def descent_leg(landscape: Landscape, theta_p: Tensor, theta_ref: Tensor, *, grad_tol: float = 1e-10,
-                max_iter: int = 500, slack: float = 0.0, dense_max_params: int | None = None
+                max_iter: int = 200, slack: float = 0.0, dense_max_params: int | None = None
                 ) -> DescentLeg | None:
     """The descent leg from the saddle theta_p (see the module docstring); None when the Hessian at theta_p
     has no negative eigenvalue or is too large to build densely (dense_max_params, as in the minimiser).
@@ -133,4 +136,6 @@ def descent_leg(landscape: Landscape, theta_p: Tensor, theta_ref: Tensor, *, gra
         rank = (not leg.reaches, not leg.end_converged, leg.losses[0])
         if best is None or rank < best[0]:
             best = (rank, leg)
+        if leg.reaches:                       # theta* itself: the other side cannot do better
+            break
     return None if best is None else best[1]

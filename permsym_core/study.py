@@ -14,7 +14,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from . import surgery, theory
+from . import surgery, theory, trial_paths
 from .canonical import (COINCIDENT_RTOL, DEDUP_PARAM_RTOL, SAME_LOSS_RTOL, ZERO_LOSS_RTOL, Canonical,
                         canonicalise, orient, same_loss, same_point, zero_loss_scale)
 from .certify import ESCAPE_RTOL, polish
@@ -24,17 +24,12 @@ from .landscape import LOSS_CONVENTION, Landscape
 from .minimize import minimise
 from .batched import batched_loss_grad
 from .mlp import MLPSpec, params_to_json
-from .paths import PATH_PRECONDITIONER, PATH_REFRESH, path_record
 from .permutation import (GAMMA_GRID, c_spectrum, fa_matrix, fa_prediction, negative_lower_bound, plateau_check,
                           predicted_index, split_eigenvalues)
 from .points import analyse_point
 from .point_batch import analyse_points, gamma_line
-from .strings import trace_halves
 from .tasks import make_task
-from .valleys import build_valley, permuted_minimum_path
 
-VALLEY_POINTS = 2          # irreducible reduced points per (layer, order) whose valleys a trial builds
-DESCENT_TRIES = 3          # saddles per layer whose descent leg is tried for the permuted-minimum path
 
 PhaseCallback = Callable[[str, int, int], None]   # on_phase(phase, k, n): see run_trial
 
@@ -297,113 +292,12 @@ class _Trial:
         self.gamma_scan.append({"layer": layer, "reduced_id": rid, "neuron": neuron, **line})
         self.timings["gamma_scan"] = self.timings.get("gamma_scan", 0.0) + time.perf_counter() - t0
 
-    # 7. paths ---------------------------------------------------------------------------------------
+    # 7. paths and valleys (permsym_core.trial_paths) ------------------------------------------------
     def trace_paths(self) -> None:
-        """Every traced path starts at theta*: all of them are relaxed in one batch (permsym_core.strings)."""
-        t0 = time.perf_counter()
-        items = sorted(self.pair_points.items())
-        self.phase("paths", 0, len(items))
-        halves = (trace_halves(self.landscape, self.theta_star, torch.stack([p for _, p in items]),
-                               (max(self.cfg.path_points, 3) + 1) // 2, relax=self.cfg.path_relax,
-                               precond=PATH_PRECONDITIONER, refresh=PATH_REFRESH) if items else [])
-        for n_done, (((layer, pair), theta_p), half) in enumerate(zip(items, halves)):
-            if n_done:
-                self.phase("paths", n_done, len(items))
-            self.halves[(layer, pair)] = half
-            rec = path_record(self.landscape, half, layer, pair)
-            point = self._matching_point(layer, theta_p, rec["point_loss"])
-            first = None if point is None else bool(point["index"] == 1 and point["saddle"])
-            rec.update(point_index=None if point is None else point["index"], point_first_order=first,
-                       highest_at_point_ok=None if not first else rec["highest_at_point"])
-            self.paths.append(rec)
-        self._tick("paths", t0)
+        trial_paths.trace_paths(self)
 
-    def _matching_point(self, layer: int, theta_p, loss: float) -> dict | None:
-        """The recorded order-1 permutation point that theta_p is, up to permutation and sign (None if none)."""
-        target = orient(self.spec, theta_p)
-        tol = DEDUP_PARAM_RTOL * max(1.0, float(theta_p.abs().max()))
-        for p in self.points:
-            if p["layer"] != layer or p["order"] != 1 or not same_loss(p["loss"], loss, self.loss_scale):
-                continue
-            st = self.state[p["reduced_id"]]
-            cand = orient(self.spec, surgery.duplicate(st.spec, st.theta, layer, p["neurons"], 0.5)[1])
-            if surgery.distance_up_to_permutation(self.spec, target, cand) <= tol:
-                return p
-        return None
-
-    # 7b. valleys ------------------------------------------------------------------------------------
     def build_valleys(self) -> None:
-        """Valleys at the first VALLEY_POINTS irreducible reduced points of every (layer, order) (their
-        permutation point duplicating the first K neurons), then one minimum-to-permuted-minimum path per
-        layer with a traced path (preferring a first-order saddle whose path peaks at the point)."""
-        from .permutation import duplicated_positions
-
-        t0 = time.perf_counter()
-        done: dict[tuple[int, int], int] = {}
-        for rid, item in enumerate(self.reduced):
-            key = (item["layer"], item["order"])
-            if not item["converged"] or item["reducible"] or done.get(key, 0) >= VALLEY_POINTS:
-                continue
-            done[key] = done.get(key, 0) + 1
-            st, layer, order = self.state[rid], item["layer"], item["order"]
-            neurons = list(range(order))
-            _, theta_p = surgery.duplicate(st.spec, st.theta, layer, neurons, 0.5)
-            pairs = duplicated_positions(st.spec.widths[layer], neurons)
-            items, group = build_valley(self.landscape, theta_p, layer, pairs)
-            tag = {"order": order, "reduced": rid, "neurons": neurons}
-            self.valleys += [{**tag, **it} for it in items]
-            self.valley_groups.append({**tag, **group})
-        rng = np.random.default_rng(self.cfg.seed)
-        for layer in range(1, self.spec.depth):
-            cands = [(i, p) for i, p in enumerate(self.paths) if p["layer"] == layer]
-            if not cands:
-                continue
-            _, best = min(cands, key=lambda ip: (not ip[1].get("point_first_order"),
-                                                 not ip[1]["highest_at_point"],
-                                                 not ip[1]["relaxed_converged"], ip[0]))
-            n = self.spec.widths[layer]
-            sigma = rng.permutation(n)
-            if n > 1 and list(sigma) == list(range(n)):
-                sigma = np.roll(sigma, 1)
-            pair = tuple(best["pair"])
-            half = self.halves[(layer, pair)]
-            rec = permuted_minimum_path(self.landscape, half.images, half.losses, layer, pair, sigma)
-            rec.update(first_leg="relaxed", relaxed=best["relaxed"], relaxed_converged=best["relaxed_converged"],
-                       point_first_order=best.get("point_first_order"), descent=None)
-            if not rec["within_tol"]:
-                rec = self._descent_permuted_path(layer, cands, sigma) or rec
-            self.permuted_paths.append(rec)
-        self._tick("valleys", t0)
-
-    def _descent_permuted_path(self, layer: int, cands: list, sigma) -> dict | None:
-        """Where the relaxed string from theta* climbs above the point: the permuted path whose first leg is the
-        descent leg of a saddle of this layer (permsym_core.descent), first-order saddles first, at most
-        DESCENT_TRIES of them; the first that stays within tolerance and ends at theta* itself (up to a
-        permutation), else the best tried (within tolerance first)."""
-        from .descent import descent_leg
-        from .valleys import VALLEY_RTOL, loss_floor
-
-        order = sorted((p for _, p in cands if (p.get("point_index") or 0) >= 1),
-                       key=lambda p: (not p.get("point_first_order"), p["point_index"]))
-        slack = VALLEY_RTOL * loss_floor(self.landscape)
-        best = None
-        for path in order[:DESCENT_TRIES]:
-            pair = tuple(path["pair"])
-            theta_p = self.halves[(layer, pair)].images[-1]
-            leg = descent_leg(self.landscape, theta_p, self.theta_star, grad_tol=self.cfg.grad_tol,
-                              slack=max(slack, VALLEY_RTOL * abs(path["point_loss"])),
-                              dense_max_params=self.cfg.dense_max_params)
-            if leg is None:
-                continue
-            rec = permuted_minimum_path(self.landscape, leg.images, leg.losses, layer, pair, sigma)
-            rec.update(first_leg="descent", relaxed=False, relaxed_converged=None,
-                       point_first_order=path.get("point_first_order"), descent=leg.to_dict())
-            rank = (not rec["within_tol"], not leg.reaches, rec["max_rel_excess"])
-            if best is None or rank < best[0]:
-                best = (rank, rec)
-            if rec["within_tol"] and leg.reaches:
-                break
-        return None if best is None else best[1]
+        trial_paths.build_valleys(self)
 
     # 8. counts --------------------------------------------------------------------------------------
     def counts(self) -> list[dict]:
