@@ -203,3 +203,29 @@ def test_unrelaxed_path_fails_the_perpendicular_gradient_check(toy_trial):
     assert relaxed["relaxed_converged"] and relaxed["max_perp_grad"] <= PERP_GRAD_RTOL * straight["max_perp_grad"]
     assert relaxed["straight_max_perp_grad"] == pytest.approx(straight["max_perp_grad"], rel=1e-9)
     assert relaxed["barrier"] < straight["barrier"]
+
+
+def test_report_shows_the_valley_and_the_permuted_path(toy_trial, tmp_path):
+    """`permsym report` on a store holding a trial with valleys draws its valley and minimum-to-permuted-minimum
+    figures (one per architecture), embeds them in report.md, and a trial without valleys adds none."""
+    import matplotlib.image as mpimg
+
+    from tracking import runs, store
+    from tracking.report import write_report
+
+    uri = store.results_uri(tmp_path / "res")
+    exp = store.prepare_store(uri, "permsym")
+    parent = runs.get_or_create_parent(uri, exp, "vsweep", {"name": "vsweep"})
+    runs.log_trial(uri, exp, parent, "vsweep", "k1", toy_trial, figures=False)
+    bare = {**toy_trial, "valleys": [], "permuted_paths": [], "valley_groups": [],
+            "config": {**toy_trial["config"], "widths": [7]}}
+    runs.log_trial(uri, exp, parent, "vsweep", "k2", bare, figures=False)
+    md_path = write_report(tmp_path / "rep", sweep="vsweep", tracking_uri=uri)
+    md = md_path.read_text()
+    out = md_path.parent
+    assert sorted(p.name for p in out.glob("valley_*.png")) == ["valley_1.png"]
+    assert sorted(p.name for p in out.glob("permuted_path_*.png")) == ["permuted_path_1.png"]
+    for name in ("valley_1.png", "permuted_path_1.png"):
+        img = mpimg.imread(out / name)
+        assert img.shape[0] > 200 and img.std() > 0.01 and f"]({name})" in md
+    assert "## Valleys and the minimum-to-permuted-minimum path" in md and "widths (4,)" in md

@@ -7,7 +7,9 @@ Figures (in the report folder):
 - index_hist.png: the Hessian index of the critical permutation points, one panel per hidden layer;
 - nzero_vs_plateau.png: n_zero against n_{k+1} (the abstract's claim holds on or above the diagonal);
 - barrier_vs_width.png: the path barriers against width;
-- gamma_line_<i>.png: the gamma-line of a few trials (when recorded).
+- gamma_line_<i>.png: the gamma-line of a few trials (when recorded);
+- valley_<i>.png, permuted_path_<i>.png: the valley segments and the minimum-to-permuted-minimum path of one
+  trial per architecture (when recorded).
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ import pandas as pd
 
 from . import query as _query
 from . import runs as _runs
-from .figures import gamma_line_figure, new_figure, save_png
+from .figures import gamma_line_figure, new_figure, permuted_path_figure, save_png, valley_figure
 
 MARKERS = "osD^v<>ph*"
 
@@ -246,8 +248,48 @@ def _redact(uri: str) -> str:
     return redact_uri(uri)
 
 
+VALLEY_PARAGRAPH = (
+    "One trial per architecture (the first converged one with valleys): the loss along the equal-loss segments "
+    "that realise generating transpositions of each hidden layer at a permutation point (flat at the point's "
+    "loss to 1e-12 relative when the valley holds), and a path from a minimum through a permutation point, the "
+    "valley and the permuted point to the permuted minimum (its highest loss is the point's when `within_tol`; "
+    "docs/valleys.md).")
+
+
+def _valley_figures(rdf: pd.DataFrame, uri: str, out: Path, max_valley: int) -> list[tuple[str, str]]:
+    """valley_<i>.png and permuted_path_<i>.png for up to max_valley architectures: (file name, caption)."""
+    files: list[tuple[str, str]] = []
+    if rdf.empty or max_valley <= 0:
+        return files
+    # at most 3 runs per architecture, of the first max_valley architectures: a report on 10,000 runs reads
+    # a handful of records, not all of them
+    arch_cols = ["task", "activation", "widths"]
+    keyed = rdf.assign(_arch=rdf[arch_cols].astype(str).agg("|".join, axis=1))
+    first = list(dict.fromkeys(keyed["_arch"]))[:max_valley]
+    cand = keyed[keyed["_arch"].isin(first)].groupby("_arch", sort=False).head(3)
+    recs = _query.records(list(cand["run_id"]), uri)
+    seen: set = set()
+    for rid, rec in recs.items():
+        c = rec.get("config") or {}
+        arch = (c.get("task"), c.get("activation"), tuple(c.get("widths") or ()))
+        if arch in seen or not (rec.get("valleys") or rec.get("permuted_paths")) or len(seen) >= max_valley:
+            continue
+        seen.add(arch)
+        label = f"{arch[0]} {arch[1]} widths {arch[2]} seed {c.get('seed')} (run `{rid}`)"
+        for kind, fn, what in (("valley", valley_figure, "Valley segments"),
+                               ("permuted_path", permuted_path_figure, "Minimum to permuted minimum")):
+            fig = fn(rec)
+            if fig is None:
+                continue
+            name = f"{kind}_{len(seen)}.png"
+            save_png(fig, out / name)
+            files.append((name, f"{what}: {label}"))
+    return files
+
+
 def write_report(out_dir, sweep: str | None = None, tracking_uri: str | None = None, results_dir=None,
-                 experiment: str | None = None, log_to_parent: bool = True, max_gamma: int = 3) -> Path:
+                 experiment: str | None = None, log_to_parent: bool = True, max_gamma: int = 3,
+                 max_valley: int = 6) -> Path:
     """Write `<out_dir>/report.md`, its figures and `report.html` (one self-contained page, figures embedded);
     log them to the sweep's parent run (under `report/`). Returns the .md path."""
     uri = _query.resolve_tracking_uri(tracking_uri, results_dir)
@@ -281,6 +323,8 @@ def write_report(out_dir, sweep: str | None = None, tracking_uri: str | None = N
             name = f"gamma_line_{i + 1}.png"
             save_png(fig, out / name)
             gamma_files.append((name, rid, c))
+
+    valley_files = _valley_figures(rdf, uri, out, max_valley)
 
     n_all, n_conv = len(all_runs), len(rdf)
     lines = [f"# permsym report{': sweep ' + sweep if sweep else ''}", "",
@@ -324,6 +368,10 @@ def write_report(out_dir, sweep: str | None = None, tracking_uri: str | None = N
         lines += [f"### {captions[name]}", "", f"![{name}]({name})", ""]
     for name, rid, c in gamma_files:
         lines += [f"### gamma-line of run `{rid}`", "", f"![{name}]({name})", ""]
+    if valley_files:
+        lines += ["## Valleys and the minimum-to-permuted-minimum path", "", VALLEY_PARAGRAPH, ""]
+        for name, caption in valley_files:
+            lines += [f"### {caption}", "", f"![{name}]({name})", ""]
     md = out / "report.md"
     md.write_text("\n".join(lines))
     from .report_html import write_html
@@ -337,6 +385,7 @@ def write_report(out_dir, sweep: str | None = None, tracking_uri: str | None = N
                 if parent:
                     with _runs._guard(uri):
                         c = _runs.client(uri)
-                        for name in ["report.html", "report.md", *figures, *(g[0] for g in gamma_files)]:
+                        for name in ["report.html", "report.md", *figures, *(g[0] for g in gamma_files),
+                                     *(v[0] for v in valley_files)]:
                             c.log_artifact(parent, str(out / name), "report")
     return md
