@@ -94,16 +94,23 @@ def _report(metrics: dict, status: str, key: str, t0: float, extra: dict | None 
 
 
 def sweep_trainable(config: dict, ctx: SweepContext) -> None:
-    """The trials of one Tune trial (one, or a chunk), in turn: see `run_one`. A crash (TrialCrashed) ends the
-    Tune trial; Tune retries it (FailureConfig.max_failures) and the retry skips the trials already FINISHED."""
+    """The trials of one Tune trial (one, or a chunk), in turn: see `run_one`. A trial whose process crashed
+    (TrialCrashed) does not stop the chunk: its other trials run first, then the first crash ends the Tune
+    trial, Tune retries it (FailureConfig.max_failures) and the retry skips the trials already FINISHED."""
     threads = max(1, int(ctx.cpus))
     with contextlib.suppress(Exception):
         import torch
 
         torch.set_num_threads(threads)
     worker = worker_info()
+    crash: TrialCrashed | None = None
     for key, options in trials_of(config, ctx):
-        run_one(key, options, ctx, threads, worker)
+        try:
+            run_one(key, options, ctx, threads, worker)
+        except TrialCrashed as e:
+            crash = crash or e
+    if crash is not None:
+        raise crash
 
 
 def run_one(key: str, options: dict, ctx: SweepContext, threads: int, worker: dict) -> None:
@@ -121,6 +128,10 @@ def run_one(key: str, options: dict, ctx: SweepContext, threads: int, worker: di
         claim = store.claim(key, options, ctx.parent_run_id, ctx.owner, where)
     except runs.TrackingUnavailable:
         claim = None
+    if claim is not None and claim.status == "failed":
+        # this driver already ran the key to a failure that was not a crash (a retried chunk): report it again
+        _report(nan_metrics(), "failed", key, t0, {**extra, "failure": claim.reason})
+        return
     if claim is not None and claim.status != "claimed":
         # a key never gets a second FINISHED run (a restored Tune trial, an Optuna repeat, another driver)
         rec = store.finished_record(key) if claim.status == "finished" else None

@@ -55,6 +55,32 @@ def test_cost_chunks_longest_first_and_cut_by_cost():
         cost_chunks(list("ab"), [1.0], 1)
 
 
+def test_a_crash_does_not_stop_the_rest_of_its_chunk(monkeypatch):
+    """A trial whose process crashed ends its Tune trial (so Tune retries it) only after the chunk's other
+    trials ran; the first crash is the one raised."""
+    from types import SimpleNamespace
+
+    from sweeps import trainable
+    from sweeps.isolation import TrialCrashed
+
+    ran = []
+
+    def one(key, options, ctx, threads, worker):
+        ran.append(key)
+        if key in ("b", "d"):
+            raise TrialCrashed(f"trial {key}: killed by signal 9")
+
+    monkeypatch.setattr(trainable, "run_one", one)
+    monkeypatch.setattr(trainable, "worker_info", lambda: {})
+    config = {"trials": [{"key": k, "config": {}} for k in "abcde"]}
+    with pytest.raises(TrialCrashed, match="trial b"):
+        trainable.sweep_trainable(config, SimpleNamespace(cpus=1))
+    assert ran == list("abcde")
+    ran.clear()
+    trainable.sweep_trainable({"trials": [{"key": "a", "config": {}}]}, SimpleNamespace(cpus=1))
+    assert ran == ["a"]
+
+
 def test_cost_model_counts_the_minimisations():
     from sweeps.cost import n_minimisations, schedule_costs
 
@@ -139,3 +165,28 @@ def test_chunked_sweep_one_run_per_key_and_figures_from_the_driver(local_ray, tm
 
     again = run_sweep(spec, results_dir=tmp_path, progress=False)
     assert again.already_finished == 7 and again.finished == 0
+
+
+def test_figure_writer_survives_its_child_dying(tmp_path):
+    """The figure process killed (as by the OOM killer): the next submit starts a new one instead of raising,
+    and a drawing that failed is counted, not lost silently."""
+    import signal
+    import time
+
+    from sweeps.figure_writer import FigureWriter
+    from tracking.store import prepare_store, results_uri
+
+    uri = results_uri(tmp_path / "res")
+    prepare_store(uri, "permsym")
+    w = FigureWriter(uri)
+    w.submit({"status": "finished", "run_id": "no-such-run"})       # drawing fails in the child: counted
+    w._futures[-1].exception(timeout=120)
+    (pid,) = list(w._pool._processes)                               # the child this writer started
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.time() + 30
+    while time.time() < deadline and not w._pool._broken:
+        time.sleep(0.1)
+    w.submit({"status": "finished", "run_id": "still-no-run"})      # a new child, no BrokenProcessPool
+    w.submit({"status": "skipped", "run_id": "x"})                  # not FINISHED: nothing to draw
+    w.close()
+    assert w.failed == 2 and w.drawn == 0 and w._pool is None
