@@ -117,6 +117,25 @@ def test_claim_finish_and_orphans(template, tmp_path):
     assert len(fin) == 1
 
 
+def test_a_failure_of_this_driver_is_not_run_again_a_crash_is(template, tmp_path):
+    """A retried chunk must not pay again for a trial this driver launch already ran to a failure (the time
+    limit, a failed minimum); a crashed trial and another launch (a relaunch) do run again."""
+    s, parent = _sweep_store(template, tmp_path)
+    rec = make_record((4,), 0)
+    a = Owner.this_process()
+    relaunch = Owner(a.host, a.pid, "relaunch")
+    c1 = s.claim("slow", rec["config"], parent, a)
+    s.fail(c1.run_id, "time limit: 5 s exceeded")
+    again = s.claim("slow", rec["config"], parent, a)
+    assert again.status == "failed" and again.run_id == c1.run_id and again.reason.startswith("time limit")
+    assert [r.info.status for r in s.key_runs("slow")] == ["FAILED"]           # no new run was opened
+    assert s.claim("slow", rec["config"], parent, relaunch).status == "claimed"  # a relaunch tries again
+    c2 = s.claim("crash", rec["config"], parent, a)
+    s.fail(c2.run_id, "crashed: killed by signal 9 (attempt 1)")
+    retry = s.claim("crash", rec["config"], parent, a)
+    assert retry.status == "claimed" and retry.attempt == 2
+
+
 def test_finish_rechecks_before_the_end_and_settles_a_race(template, tmp_path):
     """finish's steps forced into the bad interleavings: the run is closed by another driver after its record
     is logged (it must not become FINISHED), and two runs of a key both ended FINISHED (the earlier keeps it)."""

@@ -265,7 +265,9 @@ def finish_trial_run(tracking_uri: str, run_id: str, record: Any, *, figures: bo
     """Log the record (metrics, tags, JSON, points table, figures) and end the run FINISHED.
 
     Only a RUNNING run whose key has no FINISHED run yet is ended FINISHED; otherwise RunClosed
-    (tracking.owner) is raised and nothing is logged (a KILLED or FAILED run never becomes FINISHED).
+    (tracking.owner) is raised (a KILLED or FAILED run never becomes FINISHED): without a claims table
+    before anything is logged; with one (`claims`, SQLite stores) the key's checks run once after the upload, in
+    the table's lock, so a run that loses there keeps its uploaded record but ends KILLED.
 
     A record that did not converge (or carries `failure`) also ends FINISHED, tagged `converged=false` and
     `failure_reason`, and is excluded from every count downstream. Raises TrackingUnavailable when the

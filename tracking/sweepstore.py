@@ -46,10 +46,11 @@ def claim_settle_s() -> float:
 class Claim:
     """The outcome of `SweepStore.claim`: run_id is set only when `status == "claimed"`."""
 
-    status: Literal["claimed", "finished", "elsewhere"]
+    status: Literal["claimed", "finished", "elsewhere", "failed"]
     run_id: str | None = None
     attempt: int = 1
     holder: str | None = None                         # the run that holds the key when it is not ours
+    reason: str = ""                                  # "failed": why this driver launch's earlier run failed
 
 
 @dataclass(frozen=True)
@@ -91,10 +92,19 @@ class SweepStore:
 
     # ---- writing ---------------------------------------------------------------------------------------
     def claim(self, key: str, config: dict, parent_run_id: str, owner: Owner, tags: dict | None = None) -> Claim:
-        """Open a RUNNING run of `key` owned by `owner`, unless the key is FINISHED or a live run holds it."""
+        """Open a RUNNING run of `key` owned by `owner`, unless the key is FINISHED, a live run holds it, or this
+        same driver launch already ended it FAILED for a reason other than a crash ("failed")."""
         before = self.key_runs(key)
         if any(r.info.status == "FINISHED" for r in before):
             return Claim("finished")
+        # this very driver launch already ran the key to an outcome that was not a crash (a failed minimum, the
+        # time limit): a retried chunk (Tune retries a chunk when one of its trials crashed) does not pay again
+        mine = owner.tag()
+        for r in before:
+            why = r.data.tags.get("failure_reason", "")
+            if (r.info.status == "FAILED" and r.data.tags.get(OWNER_TAG) == mine and why
+                    and not why.startswith("crashed")):
+                return Claim("failed", run_id=r.info.run_id, attempt=len(before), reason=why)
         attempt = len(before) + 1
         all_tags = {OWNER_TAG: owner.tag(), HEARTBEAT_TAG: f"{time.time():.0f}", **(tags or {})}
         run_id = runs.start_trial_run(self.tracking_uri, self.experiment_id, parent_run_id, self.sweep, key,
@@ -176,7 +186,8 @@ class SweepStore:
 
     def finish(self, run_id: str, record: Any, *, figures: bool = True) -> None:
         """Log the record and end the run FINISHED; RunClosed if it is not RUNNING any more or its key is
-        FINISHED elsewhere (the record is then not logged)."""
+        FINISHED elsewhere. With a claims table the key's checks run once, after the upload, in the table's
+        lock: a run that loses there keeps the uploaded record but ends KILLED, never FINISHED."""
         runs.finish_trial_run(self.tracking_uri, run_id, record, figures=figures,
                               claims=ClaimTable.for_uri(self.tracking_uri))
 
