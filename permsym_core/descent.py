@@ -13,7 +13,7 @@ exact sign flips of permsym_core.canonical.orient).
 
 Of the two signs of v the leg that ends at the reference minimum is kept (the second sign is not tried when
 the first one gets there), else the one that ends at a certified minimum, else the one that ends lower.
-Used by permsym_core.study for the first leg of theta* -> permutation point -> valley -> sigma(point) ->
+Used by permsym_core.trial_paths for the first leg of theta* -> permutation point -> valley -> sigma(point) ->
 sigma theta* where the relaxed string from theta* climbs above the point.
 """
 from __future__ import annotations
@@ -33,6 +33,7 @@ SEGMENT_SAMPLES = 4       # interior samples per segment of the polyline
 SAME_MIN_RTOL = 1e-6      # two certified minima are one when they agree to this, relative to max(1, |theta|_inf)
 MU_GROW = 10.0            # damping growth after a rejected step
 MAX_REJECT = 40           # rejected steps in a row before the descent gives up
+END_INDEX_RTOL = 1e-8     # an eigenvalue at the end counts as negative below -END_INDEX_RTOL x max |eigenvalue|
 
 
 @dataclass
@@ -41,15 +42,19 @@ class DescentLeg:
     losses: list[float]       # the loss at each image
     eigenvalue: float         # the Hessian eigenvalue at the saddle whose eigenvector the leg leaves along
     sign: int                 # +1 or -1: the side of the eigenvector taken
-    end_converged: bool       # the minimiser certified the end (|grad|_inf <= grad_tol)
+    end_converged: bool       # the descent's end passed the gradient test (|grad|_inf <= grad_tol)
     end_grad_inf: float
+    end_index: int | None     # negative Hessian eigenvalues at the end (below -END_INDEX_RTOL max|lambda|); None
+    #                           when the end did not pass the gradient test
+    end_is_minimum: bool      # gradient test passed and end_index == 0: a certified minimum
     reaches: bool             # the end is the reference minimum up to permutation (and exact sign flips)
     end_distance: float       # max |theta_ref - P theta_end| over the best permutation P
     monotone: bool            # the sampled losses never rise on the way down (to `slack`)
 
     def to_dict(self) -> dict:
         return {"eigenvalue": self.eigenvalue, "sign": self.sign, "end_converged": self.end_converged,
-                "end_grad_inf": self.end_grad_inf, "reaches_theta_star": self.reaches,
+                "end_grad_inf": self.end_grad_inf, "end_index": self.end_index,
+                "end_is_minimum": self.end_is_minimum, "end_index_rtol": END_INDEX_RTOL, "reaches_theta_star": self.reaches,
                 "end_distance": self.end_distance, "monotone": self.monotone, "n_images": len(self.losses)}
 
 
@@ -129,11 +134,17 @@ def descent_leg(landscape: Landscape, theta_p: Tensor, theta_ref: Tensor, *, gra
         images = torch.cat([theta_p[None], first[:-1], torch.stack(pts)])
         losses = [loss_p] + batched_loss(landscape, first[:-1]).tolist() + ls
         dist = surgery.distance_up_to_permutation(spec, ref, orient(spec, pts[-1]))
+        end_index = None
+        if ok:
+            w_end = torch.linalg.eigvalsh(landscape.hessian(pts[-1]))
+            end_index = int((w_end < -END_INDEX_RTOL * float(w_end.abs().max())).sum())
+        is_min = bool(ok and end_index == 0)
         leg = DescentLeg(images=images.flip(0), losses=losses[::-1], eigenvalue=float(w[0]), sign=sign,
-                         end_converged=ok, end_grad_inf=ginf, reaches=bool(ok and dist <= tol),
+                         end_converged=ok, end_grad_inf=ginf, end_index=end_index, end_is_minimum=is_min,
+                         reaches=bool(is_min and dist <= tol),
                          end_distance=float(dist),
                          monotone=all(b <= a + slack for a, b in zip(losses[:-1], losses[1:])))
-        rank = (not leg.reaches, not leg.end_converged, leg.losses[0])
+        rank = (not leg.reaches, not leg.end_is_minimum, leg.losses[0])
         if best is None or rank < best[0]:
             best = (rank, leg)
         if leg.reaches:                       # theta* itself: the other side cannot do better

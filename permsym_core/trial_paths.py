@@ -99,9 +99,12 @@ def build_valleys(t) -> None:
         half = t.halves[(layer, pair)]
         rec = permuted_minimum_path(t.landscape, half.images, half.losses, layer, pair, sigma)
         rec.update(first_leg="relaxed", relaxed=best["relaxed"], relaxed_converged=best["relaxed_converged"],
-                   point_first_order=best.get("point_first_order"), descent=None)
+                   point_first_order=best.get("point_first_order"), descent=None, starts_at_theta_star=True)
+        from_theta_star = {k: rec[k] for k in ("pair", "max_rel_excess", "within_tol", "relaxed",
+                                               "relaxed_converged")}
         if not rec["within_tol"]:
             rec = descent_permuted_path(t, layer, cands, sigma) or rec
+        rec["from_theta_star"] = from_theta_star       # the relaxed attempt from theta* is kept, whatever replaced it
         t.permuted_paths.append(rec)
     t._tick("valleys", t0)
 
@@ -109,8 +112,10 @@ def build_valleys(t) -> None:
 def descent_permuted_path(t, layer: int, cands: list, sigma) -> dict | None:
     """Where the relaxed string from theta* climbs above the point: the permuted path whose first leg is the
     descent leg of a saddle of this layer (permsym_core.descent), first-order saddles first, at most
-    DESCENT_TRIES of them (each up to 200 damped Newton steps per side); the first that stays within tolerance and ends at theta* itself (up to a
-    permutation), else the best tried (within tolerance first)."""
+    DESCENT_TRIES of them (each up to 200 damped Newton steps per side); the first that stays within tolerance
+    and ends at theta* itself (up to a permutation), else the best tried (within tolerance first). Such a path
+    starts at theta* only when `descent.reaches_theta_star`; the caller keeps the relaxed attempt from theta*
+    beside it (`from_theta_star`)."""
     from .descent import descent_leg
     from .valleys import VALLEY_RTOL, loss_floor
 
@@ -128,7 +133,8 @@ def descent_permuted_path(t, layer: int, cands: list, sigma) -> dict | None:
             continue
         rec = permuted_minimum_path(t.landscape, leg.images, leg.losses, layer, pair, sigma)
         rec.update(first_leg="descent", relaxed=False, relaxed_converged=None,
-                   point_first_order=path.get("point_first_order"), descent=leg.to_dict())
+                   point_first_order=path.get("point_first_order"), descent=leg.to_dict(),
+                   starts_at_theta_star=leg.reaches)
         rank = (not rec["within_tol"], not leg.reaches, rec["max_rel_excess"])
         if best is None or rank < best[0]:
             best = (rank, rec)

@@ -273,9 +273,10 @@ def permutation_walk(spec: MLPSpec, theta: Tensor, layer: int, free: tuple[int, 
 
 def permuted_minimum_path(landscape: Landscape, half_images: Tensor, half_losses: Sequence[float], layer: int,
                           pair: tuple[int, int], sigma: Sequence[int], n_samples: int = MIN_SAMPLES) -> dict:
-    """theta* -> permutation point -> valley -> sigma(permutation point) -> sigma theta*: the first leg is a
-    traced half path (half_images[0] = theta*, half_images[-1] = the point, whose merged pair is `pair`), the
-    valley the permutation walk, the last leg the first one reversed and permuted by sigma."""
+    """minimum -> permutation point -> valley -> sigma(permutation point) -> sigma minimum: the first leg is a
+    traced half path or a saddle's descent leg (half_images[0] = the start minimum, theta* for a traced half;
+    half_images[-1] = the point, whose merged pair is `pair`), the valley the permutation walk, the last leg
+    the first one reversed and permuted by sigma."""
     spec = landscape.spec
     theta_p = half_images[-1]
     segs, n_swaps = permutation_walk(spec, theta_p, layer, tuple(pair), sigma)

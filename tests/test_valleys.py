@@ -122,12 +122,19 @@ def _check_trial(rec):
         assert len(losses) == sum(p["legs"]) and sorted(p["sigma"]) == list(range(len(p["sigma"])))
         assert p["valley_end_error"] == 0.0 and p["valley_max_rel_dev"] <= 1e-12
         assert p["end_loss"] == pytest.approx(p["start_loss"], rel=1e-9, abs=1e-20)  # sigma theta* is a minimum
-        # the claim, on every path: no sample anywhere above the permutation point's loss
+        # no sample anywhere above the permutation point's loss. For a relaxed first leg from theta* all of it
+        # is measured; for a descent leg the legs fall by the descent's acceptance rule and the return leg is
+        # their permuted copy, so what is measured there is the valley (flat, above) and the leg's first step
         assert p["within_tol"] and max(losses) <= p["point_loss"] * (1 + 1e-12)
         assert p["first_leg"] in ("relaxed", "descent")
-        if p["first_leg"] == "descent":                             # the leg down from the saddle, measured
+        theta_star_try = p["from_theta_star"]                       # the attempt from theta* is always kept
+        if p["first_leg"] == "relaxed":
+            assert p["starts_at_theta_star"] and theta_star_try["max_rel_excess"] == p["max_rel_excess"]
+        else:                                                       # the leg down from the saddle, measured
             d = p["descent"]
+            assert not theta_star_try["within_tol"] and p["starts_at_theta_star"] == d["reaches_theta_star"]
             assert d["monotone"] and d["eigenvalue"] < 0 and d["n_images"] == p["legs"][0]
+            assert d["end_is_minimum"] == (d["end_converged"] and d["end_index"] == 0)
             first = losses[:p["legs"][0]]
             assert first[-1] == p["point_loss"] and min(first) == first[0] < p["point_loss"]
 
@@ -170,7 +177,8 @@ def test_descent_leg_from_a_first_order_saddle():
             continue
         assert int((torch.linalg.eigvalsh(land.hessian(theta_p)) < -1e-10).sum()) == 1   # first-order saddles
         leg = descent_leg(land, theta_p, trial.theta_star)
-        assert leg is not None and leg.eigenvalue < 0 and leg.monotone and leg.end_converged
+        assert leg is not None and leg.eigenvalue < 0 and leg.monotone and leg.end_converged and leg.end_is_minimum
+        assert leg.end_index == 0
         assert leg.losses[-1] == land.loss(theta_p) and leg.losses[0] < leg.losses[-1]
         assert all(b >= a - 1e-12 * leg.losses[-1] for a, b in zip(leg.losses[:-1], leg.losses[1:]))
         assert float(land.grad(leg.images[0]).abs().max()) <= 1e-10
