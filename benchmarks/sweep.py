@@ -31,7 +31,7 @@ two nodes with 1 CPU each on this machine (the cluster's start is not timed; its
 for those 4 trials, the sum of their run_trial totals); `note` counts the distinct Ray
 node ids that ran trials (each trial reports the node id of its Tune worker; the trial record logged to
 MLflow carries it too, as worker.node_id). Overhead per trial = ((b) - (a)) / n; its share = overhead / mean
-trial time of (a). (e) 1,000 trivial trials (toy width [1]: no pair to merge, ~0.07 s each) in the loop and
+trial time of (a). (e) 1,000 trivial trials (toy width [1]: no pair to merge, ~0.1 s each) in the loop and
 through the sweep at its default concurrency (2 trials at once on this machine; the grid is cut into chunks of
 trials per Tune trial, sweeps.chunks): overhead per trial = (sweep - loop) / 1,000, and trials per second. The 1-worker row's `note` splits each trial's time as the runner logs it (MLflow metrics
 time_total and time_trial_wall, and the wall time reported to Tune): run_trial in the child process, the

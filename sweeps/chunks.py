@@ -1,6 +1,6 @@
 """Trials per Ray Tune trial: a grid sweep's pending trials cut into chunks that one worker runs in turn.
 
-Ray Tune costs ~0.17 s per Tune trial on this machine (measured with a no-op trainable, BENCHMARKS.md), more
+Ray Tune costs ~0.17 s per Tune trial on this machine (measured with a no-op trainable, 2026-12-02), more
 than a trivial permsym trial takes; a chunk pays it once for several trials. Chunk sizes follow guided
 self-scheduling (Polychronopoulos and Kuck 1987): each chunk takes ceil(remaining / (GSS_FACTOR * slots))
 trials, so the first chunks are long and the last ones are single trials, and no worker is left with a long
@@ -21,7 +21,7 @@ from typing import Sequence, TypeVar
 T = TypeVar("T")
 
 GSS_FACTOR = 4          # chunks per worker for what remains: the tail imbalance is at most one small chunk
-MAX_CHUNK = 64          # at most this many trials per Tune trial (a crash retries the chunk's unfinished ones)
+MAX_CHUNK = 64          # at most this many trials per Tune trial under `auto` (a crash retries the chunk's unfinished ones)
 
 
 def chunk_sizes(n: int, slots: int, fixed: int | None = None) -> list[int]:

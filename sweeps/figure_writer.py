@@ -16,6 +16,7 @@ import contextlib
 import multiprocessing
 import os
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 
 from .isolation import _without_main_module
 
@@ -46,11 +47,19 @@ class FigureWriter:
         run_id = outcome.get("run_id")
         if outcome.get("status") != "finished" or not run_id:
             return
-        if self._pool is None:
-            self._pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
-                                             initializer=_lower_priority)
-        with _without_main_module():              # the child needs nothing from the driver's __main__
-            self._futures.append(self._pool.submit(_draw, self.tracking_uri, str(run_id)))
+        for _ in range(2):                        # a child that died (OOM, a segfault) breaks the pool: a new one
+            if self._pool is None:
+                self._pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
+                                                 initializer=_lower_priority)
+            try:
+                with _without_main_module():      # the child needs nothing from the driver's __main__
+                    self._futures.append(self._pool.submit(_draw, self.tracking_uri, str(run_id)))
+                return
+            except BrokenProcessPool:
+                with contextlib.suppress(Exception):
+                    self._pool.shutdown(wait=False, cancel_futures=True)
+                self._pool = None
+        self.failed += 1
 
     @property
     def queued(self) -> int:

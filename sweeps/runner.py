@@ -191,6 +191,9 @@ def run_sweep(spec, *, address: str | None = None, tracking_uri: str | None = No
             print(f"drawing the figures of {figures.queued} more runs", file=out, flush=True)
         with contextlib.suppress(Exception):
             figures.close(wait=not interrupted)
+        if progress and figures.failed and not interrupted:
+            print(f"{figures.failed} runs have no figures (their drawing failed; records and metrics are "
+                  "complete, `permsym report` draws from the records)", file=out, flush=True)
         with contextlib.suppress(Exception):
             store.close_orphans(owner)
         if owns_ray:
