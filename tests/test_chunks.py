@@ -97,7 +97,10 @@ def test_cost_model_counts_the_minimisations():
 def _schema(db: Path) -> tuple:
     con = sqlite3.connect(str(db))
     try:
-        tables = sorted(r for r in con.execute("SELECT type, name, sql FROM sqlite_master WHERE sql IS NOT NULL"))
+        # the CREATE statements' clauses as sorted sets: SQLAlchemy's batch migrations may emit a table's
+        # constraints in another order from one process to the next (set order), which means nothing
+        tables = sorted((t, n, tuple(sorted(ln.strip().rstrip(",") for ln in sql.replace(", ", ",\n").splitlines())))
+                        for t, n, sql in con.execute("SELECT type, name, sql FROM sqlite_master WHERE sql IS NOT NULL"))
         version = con.execute("SELECT version_num FROM alembic_version").fetchall()
         default = con.execute("SELECT artifact_location FROM experiments WHERE experiment_id = 0").fetchone()[0]
     finally:
