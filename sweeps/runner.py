@@ -54,22 +54,6 @@ def check_before_start(spec: SweepSpec, address: str | None) -> None:
                             f"the other MNIST idx files, got {str(root)!r} (missing {', '.join(missing)})")
 
 
-_TEXT_FIELDS = ("status", "trial_key", "spool_payload", "failure", "run_id", "label", "node_id")
-
-
-def _reported(result, last: dict) -> list[dict]:
-    """Every result a Tune trial reported (its metrics_dataframe; a chunk reports once per trial), else the last.
-    The dataframe fills a text field a row did not report with NaN: such fields are dropped."""
-    df = getattr(result, "metrics_dataframe", None)
-    if df is None or not len(df) or "trial_key" not in df.columns:
-        return [last]
-    out = []
-    for row in df.to_dict("records"):
-        out.append({k: v for k, v in row.items()
-                    if not (k in _TEXT_FIELDS and isinstance(v, float) and v != v)})
-    return out
-
-
 def _collect(summary: SweepSummary, results_grid, outcomes: dict, elsewhere: set[str]) -> None:
     """Count the trials' outcomes: every report the driver saw (`outcomes`, one per trial, a chunk's trials
     included), then what only the result grid knows: the Tune trials that errored (each of their trials with
@@ -85,11 +69,8 @@ def _collect(summary: SweepSummary, results_grid, outcomes: dict, elsewhere: set
             [cfg["trial"]["key"]] if "trial" in cfg else [m.get("trial_key")]
         if r.error is not None:
             summary.errored += sum(1 for k in keys if k is None or k not in seen)
-            continue
-        for row in _reported(r, m):          # a restored chunk: every trial it reported, not only its last
-            if row.get("status") and row.get("trial_key") not in seen:
-                rows.append(row)
-                seen.add(row.get("trial_key"))
+        elif m.get("status") and m.get("trial_key") not in seen:
+            rows.append(m)
     for m in rows:
         st = m.get("status")
         if m.get("spool_payload"):          # a record the worker could not log: kept by the driver
