@@ -24,8 +24,14 @@ NICE = 10
 
 
 def _lower_priority() -> None:
+    """The child's initializer: a lower CPU priority, and Ctrl-C left to the driver (the terminal signals the
+    whole process group; the driver ends this process itself, without a KeyboardInterrupt traceback here)."""
+    import signal
+
     with contextlib.suppress(OSError, AttributeError):
         os.nice(NICE)
+    with contextlib.suppress(ValueError, OSError):
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _draw(tracking_uri: str, run_id: str) -> int:

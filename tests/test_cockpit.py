@@ -109,7 +109,7 @@ def test_status_progress_dry_run_and_ctrl_c_on_a_running_sweep(tmp_path):
     from tracking.store import results_uri
 
     d = {"name": "cockpit", "task": "toy", "max_concurrent": 1, "resources": {"cpus": 1},
-         "grid": {"widths": [[3], [10]], "adam_steps": 20000, **FAST}}
+         "grid": {"widths": [[3], [16]], "adam_steps": 20000, **FAST}}
     spec = tmp_path / "cockpit.yaml"
     spec.write_text(yaml.safe_dump(d))
     results = tmp_path / "res"
@@ -138,7 +138,7 @@ def test_status_progress_dry_run_and_ctrl_c_on_a_running_sweep(tmp_path):
         assert len(line) == 1, st.output
         tags = live.data.tags
         assert f"worker pid {tags['worker_pid']}" in line[0] and f"host {tags['hostname']}" in line[0]
-        assert "phase: reduced L1K1 " in line[0] and "/45" in line[0], line[0]      # C(10, 2) = 45 pairs
+        assert "phase: reduced L1K1 " in line[0] and "/120" in line[0], line[0]     # C(16, 2) = 120 pairs
         assert "planned 2, finished 1" in st.output and "pending 0" in st.output and "spooled 0" in st.output
         assert "estimated time left" in st.output
         _wait(lambda: "reduced L1K1" in out.read_text(), 60, "a phase line on the driver", proc, out)
