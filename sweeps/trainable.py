@@ -17,7 +17,7 @@ import threading
 import time
 
 from tracking.metrics import nan_metrics, trial_metrics
-from tracking.owner import HEARTBEAT_S, RunClosed
+from tracking.owner import HEARTBEAT_S, RunClosed, set_node_liveness
 
 from .context import SweepContext, trials_of
 from .isolation import TrialCrashed, run_isolated
@@ -93,6 +93,16 @@ def _report(metrics: dict, status: str, key: str, t0: float, extra: dict | None 
     tune.report(out)
 
 
+def _node_alive(node_id: str) -> bool | None:
+    """Whether Ray's cluster still has the node `node_id` alive (None: not a node of this cluster)."""
+    import ray
+
+    for n in ray.nodes():
+        if n.get("NodeID") == node_id:
+            return bool(n.get("Alive"))
+    return None
+
+
 def sweep_trainable(config: dict, ctx: SweepContext) -> None:
     """The trials of one Tune trial (one, or a chunk), in turn: see `run_one`. A trial whose process crashed
     (TrialCrashed) does not stop the chunk: its other trials run first, then the first crash ends the Tune
@@ -103,6 +113,7 @@ def sweep_trainable(config: dict, ctx: SweepContext) -> None:
 
         torch.set_num_threads(threads)
     worker = worker_info()
+    set_node_liveness(_node_alive)
     crash: TrialCrashed | None = None
     for key, options in trials_of(config, ctx):
         try:

@@ -62,13 +62,22 @@ class Owner:
             return None
 
 
+_NODE_ALIVE = None       # set by the sweep layer (sweeps.trainable): node_id -> False when that node is gone
+
+
+def set_node_liveness(fn) -> None:
+    """Let `owner_alive` ask the cluster whether a run's Ray node still exists (fn(node_id) -> bool)."""
+    global _NODE_ALIVE
+    _NODE_ALIVE = fn
+
+
 def owner_alive(tags: dict, me: Owner | None = None, now: float | None = None, *, mine_gone: bool = False) -> bool:
     """Whether the owner of a RUNNING run (its tags) may still be running it, as seen by `me`.
 
     A run of `me`'s own driver launch is not dead for that alone: one driver runs several trials of one key at
     once (a grid over an option outside the trial key, e.g. `device`). It is dead when it is this very worker
     process's run (an earlier attempt this worker replaces: one trial runs per worker at a time), when its
-    worker pid is gone, or by the usual rules; `mine_gone=True` (the driver is ending) counts all of `me`'s
+    worker pid is gone, when its Ray node is gone (`set_node_liveness`), or by the usual rules; `mine_gone=True` (the driver is ending) counts all of `me`'s
     runs as gone."""
     owner = Owner.parse(tags.get(OWNER_TAG, ""))
     if owner is None:
@@ -91,6 +100,13 @@ def owner_alive(tags: dict, me: Owner | None = None, now: float | None = None, *
     wpid = tags.get("worker_pid")
     if tags.get("hostname") == here and wpid and wpid.isdigit() and not pid_alive(int(wpid)):
         return False
+    node = tags.get("node_id")
+    if node and _NODE_ALIVE is not None:
+        try:
+            if _NODE_ALIVE(node) is False:        # its Ray node was removed: whatever still runs there is lost
+                return False
+        except Exception:                         # noqa: BLE001 - no answer from the cluster: no verdict
+            pass
     return True
 
 
