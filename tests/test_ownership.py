@@ -13,7 +13,7 @@ import yaml
 from fixtures.mlflow_helpers import fresh_store, make_template_db, sweep_runs
 from fixtures.records import make_record
 
-from tracking import runs, store
+from tracking import run_end, runs, store
 from tracking.owner import HEARTBEAT_TAG, OWNER_TAG, Owner, RunClosed, owner_alive
 from tracking.sweepstore import SweepStore
 
@@ -148,7 +148,7 @@ def test_finish_rechecks_before_the_end_and_settles_a_race(template, tmp_path):
     other = runs.client(s.tracking_uri)                          # another driver judges it abandoned
     other.set_terminated(ck.run_id, "KILLED")
     with pytest.raises(RunClosed):
-        runs._end_finished(c, ck.run_id)
+        run_end._end_finished(c, ck.run_id)
     assert _status(s, ck.run_id) == "KILLED" and "k1" not in s.finished_keys()
 
     # two runs of k2 that both passed the last check and ended FINISHED: whichever settles, the earlier keeps
@@ -157,14 +157,14 @@ def test_finish_rechecks_before_the_end_and_settles_a_race(template, tmp_path):
         key = f"k2-{settle_first}"
         two = [runs.start_trial_run(s.tracking_uri, s.experiment_id, parent, s.sweep, key, rec["config"], i,
                                     kill_dead=False) for i in (1, 2)]
-        early, late = sorted(two, key=lambda r: runs._order(c.get_run(r)))
+        early, late = sorted(two, key=lambda r: run_end._order(c.get_run(r)))
         c.set_terminated(early, "FINISHED")
         c.set_terminated(late, "FINISHED")
         if settle_first == "late":
             with pytest.raises(RunClosed):
-                runs._settle_finished(c, late)
+                run_end._settle_finished(c, late)
         else:
-            runs._settle_finished(c, early)
+            run_end._settle_finished(c, early)
         assert _status(s, early) == "FINISHED" and _status(s, late) == "KILLED"
         assert c.get_run(late).data.tags["failure_reason"] == f"duplicate: key already FINISHED in run {early}"
 

@@ -25,11 +25,10 @@ from typing import Any, Iterable
 from .metrics import COUNT_FIELDS, count_prefix, record_converged, record_metrics  # noqa: F401  (re-exported)
 from .record import (_one_line, as_record, code_version, failure_reason, flatten_config,  # noqa: F401
                      points_frame, points_table_json, run_name_for)
+from .filters import PARENT_ROLE, ROLE_TAG, TRIAL_ROLE, _q, _role_filter, _trial_filter  # noqa: F401
+from .run_end import _check_open, _end_finished, _order, _settle_finished  # noqa: F401  (re-exported)
 from .store import is_http, redact_uri
 
-PARENT_ROLE = "parent"
-TRIAL_ROLE = "trial"
-ROLE_TAG = "permsym.role"
 RECORD_ARTIFACT = "trial_record.json"
 POINTS_ARTIFACT = "points.json"
 SPEC_ARTIFACT = "sweep_spec.json"
@@ -110,11 +109,6 @@ def client(tracking_uri: str):
     return MlflowClient(tracking_uri)
 
 
-def _q(value: str) -> str:
-    """A string literal for an MLflow filter string."""
-    return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
 def search_all(tracking_uri: str, experiment_ids: Iterable[str], filter_string: str = "",
                order_by: list[str] | None = None) -> list:
     """Every active run matching the filter (pages through the results 1000 at a time)."""
@@ -135,10 +129,6 @@ def search_all(tracking_uri: str, experiment_ids: Iterable[str], filter_string: 
 
 
 # --- the sweep's parent run ----------------------------------------------------------------------------
-
-def _role_filter(role: str) -> str:
-    return f"tags.`{ROLE_TAG}` = {_q(role)}"
-
 
 def find_parent(tracking_uri: str, experiment_id: str, sweep_name: str) -> str | None:
     with _guard(tracking_uri):
@@ -187,11 +177,6 @@ def _jsonable(obj):
 
 # --- trial runs ------------------------------------------------------------------------------------------
 
-def _trial_filter(sweep_name: str, extra: str = "") -> str:
-    f = f"tags.sweep = {_q(sweep_name)} and {_role_filter(TRIAL_ROLE)}"
-    return f"{f} and {extra}" if extra else f
-
-
 def finished_keys(tracking_uri: str, experiment_id: str, sweep_name: str) -> set[str]:
     """Trial keys of this sweep that have a FINISHED run (converged or not: both are recorded outcomes)."""
     with _guard(tracking_uri):
@@ -239,26 +224,6 @@ def start_trial_run(tracking_uri: str, experiment_id: str, parent_run_id: str, s
         if params:
             c.log_batch(run.info.run_id, params=params)
     return run.info.run_id
-
-
-def _check_open(c, run_id: str, run=None) -> None:
-    """RunClosed unless the run is RUNNING and its key has no other FINISHED run (one FINISHED run per key).
-    `run`: the run as just read, in the same claims-table transaction (saves reading it again)."""
-    from .owner import RunClosed
-
-    run = run if run is not None else c.get_run(run_id)
-    if run.info.status != "RUNNING":
-        raise RunClosed(f"run {run_id} is {run.info.status}: not ending it FINISHED")
-    key, sweep = run.data.tags.get("trial_key"), run.data.tags.get("sweep")
-    if key is None or sweep is None:
-        return
-    done = c.search_runs([run.info.experiment_id], _trial_filter(sweep, f"tags.trial_key = {_q(key)} and "
-                                                                       "attributes.status = 'FINISHED'"),
-                         max_results=1)
-    if done:
-        c.set_tag(run_id, "failure_reason", f"duplicate: key already FINISHED in run {done[0].info.run_id}")
-        c.set_terminated(run_id, "KILLED")
-        raise RunClosed(f"run {run_id}: key {key} already FINISHED in run {done[0].info.run_id}")
 
 
 def finish_trial_run(tracking_uri: str, run_id: str, record: Any, *, figures: bool = True, claims=None) -> None:
@@ -310,60 +275,6 @@ def finish_trial_run(tracking_uri: str, run_id: str, record: Any, *, figures: bo
                 (tmp / POINTS_ARTIFACT).write_text(points_table_json(record))
             c.log_artifacts(run_id, str(tmp))
         _end_finished(c, run_id, claims)
-
-
-def _end_finished(c, run_id: str, claims=None) -> None:
-    """End a logged run FINISHED: check it again (another driver may have closed it, or FINISHED its key, while
-    the artifacts uploaded), end it, then settle a race that slipped between the check and the end. With a
-    claims table (tracking.claims, SQLite stores) all of it runs in the table's transaction, and the run must
-    still be its key's holder there."""
-    from .owner import RunClosed
-
-    if claims is not None:
-        with claims.locked() as t:
-            run = c.get_run(run_id)
-            tags = run.data.tags
-            held = t.holder(tags.get("sweep", ""), tags.get("trial_key", ""))
-            if held is not None and held != run_id:
-                if run.info.status == "RUNNING":
-                    c.set_tag(run_id, "failure_reason", f"duplicate: key held by run {held}")
-                    c.set_terminated(run_id, "KILLED")
-                raise RunClosed(f"run {run_id}: its key is held by run {held}")
-            _check_open(c, run_id, run)
-            c.set_terminated(run_id, "FINISHED")
-            _settle_finished(c, run_id, run)
-        return
-    _check_open(c, run_id)
-    c.set_terminated(run_id, "FINISHED")
-    _settle_finished(c, run_id)
-
-
-def _order(r) -> tuple:
-    """The order that decides which run holds a key (tracking.sweepstore.SweepStore.claim uses it too)."""
-    return (r.info.start_time or 0, r.info.run_id)
-
-
-def _settle_finished(c, run_id: str, run=None) -> None:
-    """After ending `run_id` FINISHED: if the key has another FINISHED run (a race between the last check
-    and the end), the earliest in `_order` keeps the key and every later one ends KILLED 'duplicate: ...'.
-    Whichever of two racing runs reads second sees both, so the key keeps exactly one FINISHED run; RunClosed
-    when this run is the one that gives way."""
-    from .owner import RunClosed
-
-    run = run if run is not None else c.get_run(run_id)     # its tags and experiment: they do not change
-    key, sweep = run.data.tags.get("trial_key"), run.data.tags.get("sweep")
-    if key is None or sweep is None:
-        return
-    done = sorted(c.search_runs([run.info.experiment_id], _trial_filter(
-        sweep, f"tags.trial_key = {_q(key)} and attributes.status = 'FINISHED'")), key=_order)
-    if len(done) < 2:
-        return
-    first = done[0]
-    for r in done[1:]:
-        c.set_tag(r.info.run_id, "failure_reason", f"duplicate: key already FINISHED in run {first.info.run_id}")
-        c.set_terminated(r.info.run_id, "KILLED")
-    if first.info.run_id != run_id:
-        raise RunClosed(f"run {run_id}: key {key} already FINISHED in run {first.info.run_id}")
 
 
 def fail_trial_run(tracking_uri: str, run_id: str, reason: str) -> None:

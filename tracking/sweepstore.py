@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from . import runs
+from . import run_end, runs
 from .claims import ClaimTable
 from .owner import HEARTBEAT_S, HEARTBEAT_TAG, OWNER_TAG, Owner, RunClosed, owner_alive  # noqa: F401
 
@@ -168,7 +168,7 @@ class SweepStore:
                     self._end(r.info.run_id, "KILLED", "attempt abandoned (its owner is gone); marked KILLED")
         if mine is not None and mine.info.status != "RUNNING":
             return Claim("elsewhere", attempt=attempt)                   # another claimer took it over
-        order = sorted(contenders + ([mine] if mine is not None else []), key=runs._order)
+        order = sorted(contenders + ([mine] if mine is not None else []), key=run_end._order)
         if mine is not None and order[0].info.run_id != run_id:
             holder = order[0]
             self._end(run_id, "KILLED", f"duplicate: key held by run {holder.info.run_id} "
