@@ -77,8 +77,8 @@ def owner_alive(tags: dict, me: Owner | None = None, now: float | None = None, *
     A run of `me`'s own driver launch is not dead for that alone: one driver runs several trials of one key at
     once (a grid over an option outside the trial key, e.g. `device`). It is dead when it is this very worker
     process's run (an earlier attempt this worker replaces: one trial runs per worker at a time), when its
-    worker pid is gone, when its Ray node is gone (`set_node_liveness`), or by the usual rules; `mine_gone=True` (the driver is ending) counts all of `me`'s
-    runs as gone."""
+    worker pid is gone, when its Ray node is gone (`set_node_liveness`), or by the usual rules;
+    `mine_gone=True` (the driver is ending) counts all of `me`'s runs as gone."""
     owner = Owner.parse(tags.get(OWNER_TAG, ""))
     if owner is None:
         return False                                  # logged outside a sweep: nobody runs it
