@@ -419,6 +419,52 @@ def test_nothing_disables_ray_token_auth():
     assert "RAY_AUTH_MODE=token" in (ROOT / "ray_cluster.yaml").read_text()
 
 
+# The probe runs in its own process (the module's Ray is already up here): the sweep's own init_ray starts
+# embedded Ray, then raw gRPC calls reach its GCS and raylet on the node's address (not loopback: Ray 2.60
+# binds every interface and maps a 127.0.0.1 node address back to the node's IP, so loopback-only is not
+# available); without Ray's token they must be refused, with it (Ray's own client metadata) answered.
+_RAY_AUTH_PROBE = """
+import json, sys, grpc, ray
+sys.path.insert(0, sys.argv[1])
+from sweeps.ray_start import init_ray
+from ray.core.generated import gcs_service_pb2 as g, gcs_service_pb2_grpc as gg
+from ray.core.generated import node_manager_pb2 as n, node_manager_pb2_grpc as ng
+from ray._private.authentication.grpc_authentication_client_interceptor import (
+    _get_authentication_metadata_tuple as token_metadata)
+init_ray(None, {})
+ip = ray.util.get_node_ip_address()
+node = [x for x in ray.nodes() if x["Alive"]][0]
+gcs_port = int(ray.get_runtime_context().gcs_address.rsplit(":", 1)[1])
+calls = {"gcs": (gg.NodeInfoGcsServiceStub, gcs_port, "GetAllNodeInfo", g.GetAllNodeInfoRequest()),
+         "raylet": (ng.NodeManagerServiceStub, node["NodeManagerPort"], "GetNodeStats", n.GetNodeStatsRequest())}
+out = {"ip": ip}
+for name, (stub, port, method, req) in calls.items():
+    call = getattr(stub(grpc.insecure_channel(f"{ip}:{port}")), method)
+    for label, md in (("none", ()), ("wrong", (("authorization", "Bearer " + "0" * 64),)),
+                      ("token", token_metadata())):
+        try:
+            call(req, timeout=20, metadata=md)
+            out[f"{name}/{label}"] = "OK"
+        except grpc.RpcError as e:
+            out[f"{name}/{label}"] = e.code().name
+ray.shutdown()
+print("PROBE " + json.dumps(out))
+"""
+
+
+def test_embedded_ray_refuses_clients_without_its_token():
+    env = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_MODE"}     # Ray's default for a local cluster
+    r = subprocess.run([sys.executable, "-c", _RAY_AUTH_PROBE, str(ROOT)], capture_output=True, text=True,
+                       timeout=180, env=env)
+    line = [x for x in r.stdout.splitlines() if x.startswith("PROBE ")]
+    assert r.returncode == 0 and line, (r.stdout[-2000:], r.stderr[-3000:])
+    got = json.loads(line[0][6:])
+    # got["ip"]: the node's address other hosts see (127.0.0.1 only on a machine without a network)
+    for svc in ("gcs", "raylet"):
+        assert got[f"{svc}/none"] == "UNAUTHENTICATED" and got[f"{svc}/wrong"] == "UNAUTHENTICATED", got
+        assert got[f"{svc}/token"] == "OK", got
+
+
 # --- 2. a node removed mid-sweep (last: it replaces the module's Ray with a cluster) ---------------------------
 
 @pytest.mark.slow
