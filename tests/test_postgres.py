@@ -4,21 +4,27 @@ on a two-node Ray cluster -> `permsym results`.
 A PostgreSQL cluster is initialised in a temporary folder and run as an unprivileged user (tests/fixtures/
 postgres.py), on a free loopback port with its unix socket in that folder and peer authentication, as on the
 cluster's head. The `mlflow server` is started with the flags of the head's command in ray_cluster.yaml (read
-from the file, so the two cannot drift apart) with local paths, ports and hosts substituted, except
-`--app-name basic-auth`: its Flask-WTF dependency (`mlflow[auth]`) is not part of the test environment.
+from the file, so the two cannot drift apart) with local paths, ports and hosts substituted, behind MLflow's
+basic-auth app configured by the head's own setup command (run as written, with HOME a temporary folder): a
+request without the login, or with a wrong password, is refused with 401. The login reaches the Ray nodes as
+MLFLOW_TRACKING_USERNAME/PASSWORD in their environment, as `ray start` exports it on the head and workers.
 The sweep is the `permsym sweep` CLI joining a `ray.cluster_utils.Cluster` of two one-CPU nodes
-(`--address`, as `ray job submit ... permsym sweep --address auto` does). Everything started here is ended by
-its pid or data directory.
+(`--address`, as `ray job submit ... permsym sweep --address auto` does); `permsym status` and `results` then
+read the server with the login in the environment, as the README's recipe does through its tunnel.
+Everything started here is ended by its pid or data directory.
 """
 from __future__ import annotations
 
+import base64
 import json
 import os
+import secrets
 import shlex
 import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -76,13 +82,52 @@ def test_server_command_is_the_one_of_ray_cluster_yaml():
 
 def _server_cmd(pg: PostgresServer, artifacts: Path, port: int) -> list[str]:
     flags = _flags(_yaml_server_args())
-    flags.pop("--app-name")                 # mlflow[auth] (Flask-WTF) is not installed for the tests
     flags.update({"--backend-store-uri": pg.uri("mlflow"), "--artifacts-destination": str(artifacts),
                   "--host": "127.0.0.1", "--port": str(port)})
     cmd = [str(Path(sys.executable).with_name("mlflow")), "server"]
     for k, v in flags.items():
         cmd += [k] if v is None else [k, v]
     return cmd
+
+
+def _write_auth_config(home: Path, user: str, password: str) -> Path:
+    """~/.permsym/mlflow.env as the README creates it, then the head's setup command that writes the ini."""
+    (home / ".permsym").mkdir(parents=True)
+    (home / ".permsym" / "mlflow.env").write_text(
+        f"MLFLOW_TRACKING_USERNAME={user}\nMLFLOW_TRACKING_PASSWORD={password}\n")
+    (home / "permsym-results").mkdir()
+    cfg = yaml.safe_load((ROOT / "ray_cluster.yaml").read_text())
+    env = {"HOME": str(home), "PATH": os.environ["PATH"]}
+    for cmd in cfg["head_setup_commands"]:
+        if "mlflow-auth.ini" in cmd or "flask_secret_key" in cmd:
+            subprocess.run(["bash", "-c", cmd], env=env, check=True, timeout=30)
+    ini = home / "permsym-results" / "mlflow-auth.ini"
+    for f in (ini, home / "permsym-results" / "flask_secret_key"):
+        assert oct(f.stat().st_mode & 0o777) == "0o600", (f, oct(f.stat().st_mode))   # umask 077
+    return ini
+
+
+def _yaml_server_env(home: Path) -> dict[str, str]:
+    """The variables the head's start command sets for `mlflow server`, evaluated as bash does, HOME = home."""
+    cfg = yaml.safe_load((ROOT / "ray_cluster.yaml").read_text())
+    cmd = next(c for c in cfg["head_start_ray_commands"] if "mlflow server" in c)
+    assigns = cmd.split("nohup mlflow server", 1)[0].rsplit(";", 1)[1].strip()
+    names = [w.split("=", 1)[0] for w in shlex.split(assigns)]
+    script = f"export {assigns}; " + "; ".join(f'printf "%s\\0" "${n}"' for n in names)
+    out = subprocess.run(["bash", "-c", script], env={"HOME": str(home), "PATH": os.environ["PATH"]},
+                         capture_output=True, text=True, check=True, timeout=30).stdout
+    return dict(zip(names, out.split("\0")[:-1]))
+
+
+def _http_status(url: str, auth: tuple[str, str] | None) -> int:
+    req = urllib.request.Request(url)
+    if auth:
+        req.add_header("Authorization", "Basic " + base64.b64encode(":".join(auth).encode()).decode())
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
 
 
 def _wait_healthy(uri: str, proc: subprocess.Popen, log: Path, timeout: float = 180) -> None:
@@ -109,7 +154,7 @@ def _stop(proc: subprocess.Popen) -> None:
             proc.wait(timeout=30)
 
 
-def test_sweep_on_two_nodes_into_postgres_backed_server(tmp_path):
+def test_sweep_on_two_nodes_into_postgres_backed_server(tmp_path, monkeypatch):
     reason = unavailable_reason()
     if reason:
         pytest.skip(reason)
@@ -129,12 +174,23 @@ def test_sweep_on_two_nodes_into_postgres_backed_server(tmp_path):
         pg.createdb("mlflow")
         port = free_port()
         uri = f"http://127.0.0.1:{port}"
+        user, password = "permsym", secrets.token_urlsafe(24)
+        ini = _write_auth_config(tmp_path / "home", user, password)
         env = server_env()
         env.pop("MLFLOW_TRACKING_URI", None)
+        server_vars = _yaml_server_env(tmp_path / "home")
+        assert server_vars["MLFLOW_AUTH_CONFIG_PATH"] == str(ini) and server_vars["MLFLOW_FLASK_SERVER_SECRET_KEY"]
+        env.update(server_vars)
         with log.open("w") as f:
             server = subprocess.Popen(_server_cmd(pg, tmp_path / "artifacts", port), stdout=f,
                                       stderr=subprocess.STDOUT, env=env, cwd=tmp_path, start_new_session=True)
         _wait_healthy(uri, server, log)
+        search = f"{uri}/api/2.0/mlflow/experiments/search?max_results=1"
+        assert _http_status(search, None) == 401 and _http_status(search, (user, "wrong")) == 401
+        assert _http_status(search, (user, password)) == 200
+        # the login in the environment of every Ray node and of the driver, never in a URI
+        monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", user)
+        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", password)
 
         if ray.is_initialized():                    # another module's Ray in this process: not ours to keep
             ray.shutdown()
@@ -184,6 +240,10 @@ def test_sweep_on_two_nodes_into_postgres_backed_server(tmp_path):
         rows = json.loads(res.stdout)
         assert rows and all(r["widths"] == [3] and r["n_trials"] == len(SEEDS) for r in rows)
         assert {r["n_seeds"] for r in rows} == {len(conv)}
+        st = subprocess.run([sys.executable, "-m", "sweeps.cli", "status", "pg", "--tracking-uri", uri],
+                            cwd=ROOT, env=drv_env, capture_output=True, text=True, timeout=120)
+        assert st.returncode == 0 and f"planned {len(SEEDS)}, finished {len(SEEDS)}" in st.stdout, (st.stdout, st.stderr[-2000:])
+        assert password not in st.stdout + st.stderr + drv.stdout + drv.stderr + res.stdout + res.stderr
     finally:
         if cluster is not None:
             cluster.shutdown()
