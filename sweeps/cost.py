@@ -2,22 +2,26 @@
 
 Used by `sweep --dry-run` (estimated time, where the store has no measured trial of that architecture) and by
 the runner to order a grid's trials longest first and cut them into chunks of about equal work
-(`sweeps.chunks.cost_chunks`). Calibrated on the toy task (BENCHMARKS.md, sweep section): a width-4 trial
-(P = 12, 6 merged pairs, so 7 minimisations) takes 4.3 s of run_trial on one thread; the minimisations
-dominate and their Newton steps cost about P^1.5 here. Only the ratios between trials matter for scheduling.
+(`sweeps.chunks.cost_chunks`). Calibrated on the toy task, sigmoid, seed 0, defaults, one thread
+(2026-12-03): a width-4 trial (P = 12, 6 merged pairs, so 7 minimisations) takes 2.1 s of run_trial, a
+width-6 one (P = 18, 16 minimisations) 9.6 s, 4.6x, where minimisations x P^1.5 gives 4.2x. Not modelled:
+the sample count, `adam_steps` (3,000 against 300 steps: 2.1 s against 1.9 s at width 4) and how far a
+particular seed's minimisations run, which varies trials of one config by more than those (BENCHMARKS.md,
+"one trial can hold the sweep"). Only the ratios between trials matter for scheduling.
 """
 from __future__ import annotations
 
 import math
 
-MODEL_S_PER_MINIMISATION = 4.3 / 7
+MODEL_S_PER_MINIMISATION = 2.1 / 7
 MODEL_P_REF = 12
-MODEL_OVERHEAD_S = 2.56     # the sweep's per-trial overhead when the model was set (dry-run estimates)
+MODEL_OVERHEAD_S = 3.54     # the sweep's per-trial overhead, 1 worker (BENCHMARKS.md sweep section, 2026-12-03)
 SCHED_PER_TRIAL_S = 0.15    # what a trial costs the sweep around its arithmetic now (BENCHMARKS.md, rows (e))
 
 
 def n_minimisations(config: dict) -> int:
-    """1 (the minimum) + the reduced trainings: the pair sets merged per hidden layer and order."""
+    """1 (the minimum) + the reduced trainings: the pair sets merged per hidden layer and order (at most
+    `max_pair_sets` each)."""
     pairs = str(config.get("pairs", "all"))
     n = 1
     for w in config.get("widths") or []:
@@ -30,7 +34,9 @@ def n_minimisations(config: dict) -> int:
                 n_pairs = min(int(pairs.split(":")[1] or 0), math.comb(w, 2))
             else:
                 n_pairs = math.comb(w, 2)
-            n += max(1, math.comb(n_pairs, K)) if K > 1 else n_pairs
+            sets = max(1, math.comb(n_pairs, K)) if K > 1 else n_pairs
+            cap = config.get("max_pair_sets")
+            n += min(sets, int(cap)) if cap else sets
     return n
 
 

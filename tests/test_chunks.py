@@ -89,6 +89,7 @@ def test_cost_model_counts_the_minimisations():
     assert n_minimisations({"widths": [1], "orders": [1]}) == 1
     assert n_minimisations({"widths": [6, 3], "orders": [1], "pairs": "nearest"}) == 1 + 6 + 3
     assert n_minimisations({"widths": [10], "orders": [1], "pairs": "random:8"}) == 9
+    assert n_minimisations({"widths": [10, 10], "orders": [1], "max_pair_sets": 5}) == 1 + 5 + 5
     base = {"task": "toy", "task_options": {}, "orders": [1], "pairs": "all", "bias": None}
     w1, w4, w5 = schedule_costs([{**base, "widths": [1]}, {**base, "widths": [4]}, {**base, "widths": [5]}])
     assert w1 < w4 < w5
