@@ -41,6 +41,7 @@ class DescentLeg:
     images: Tensor            # (n, P): the minimum first, the saddle last (the orientation of a traced half)
     losses: list[float]       # the loss at each image
     eigenvalue: float         # the Hessian eigenvalue at the saddle whose eigenvector the leg leaves along
+    direction: int            # which one: 0 the most negative, 1 the next, ... (see max_directions)
     sign: int                 # +1 or -1: the side of the eigenvector taken
     end_converged: bool       # the descent's end passed the gradient test (|grad|_inf <= grad_tol)
     end_grad_inf: float
@@ -52,7 +53,7 @@ class DescentLeg:
     monotone: bool            # the sampled losses never rise on the way down (to `slack`)
 
     def to_dict(self) -> dict:
-        return {"eigenvalue": self.eigenvalue, "sign": self.sign, "end_converged": self.end_converged,
+        return {"eigenvalue": self.eigenvalue, "direction": self.direction, "sign": self.sign, "end_converged": self.end_converged,
                 "end_grad_inf": self.end_grad_inf, "end_index": self.end_index,
                 "end_is_minimum": self.end_is_minimum, "end_index_rtol": END_INDEX_RTOL, "reaches_theta_star": self.reaches,
                 "end_distance": self.end_distance, "monotone": self.monotone, "n_images": len(self.losses)}
@@ -102,12 +103,15 @@ def monotone_descent(landscape: Landscape, x0: Tensor, *, grad_tol: float, max_i
 
 
 def descent_leg(landscape: Landscape, theta_p: Tensor, theta_ref: Tensor, *, grad_tol: float = 1e-10,
-                max_iter: int = 200, slack: float = 0.0, dense_max_params: int | None = None
-                ) -> DescentLeg | None:
+                max_iter: int = 200, slack: float = 0.0, dense_max_params: int | None = None,
+                max_directions: int = 1) -> DescentLeg | None:
     """The descent leg from the saddle theta_p (see the module docstring); None when the Hessian at theta_p
     has no negative eigenvalue or is too large to build densely (dense_max_params, as in the minimiser).
     `slack`: how much a sampled loss may rise over the one before it and still count as falling (the loss's
-    resolution at this scale)."""
+    resolution at this scale). `max_directions`: at a saddle of index k, the legs along the first
+    min(k, max_directions) negative eigenvectors (most negative first), both signs each, are tried until one
+    reaches the reference minimum (a higher-order saddle's unstable manifold has k dimensions; the most
+    negative direction alone may lead elsewhere)."""
     from .batched import batched_loss
 
     spec = landscape.spec
@@ -116,11 +120,13 @@ def descent_leg(landscape: Landscape, theta_p: Tensor, theta_ref: Tensor, *, gra
     w, V = torch.linalg.eigh(landscape.hessian(theta_p))
     if not float(w[0]) < 0:
         return None
-    v, loss_p = V[:, 0], landscape.loss(theta_p)
+    loss_p = landscape.loss(theta_p)
     ref = orient(spec, theta_ref)
     tol = SAME_MIN_RTOL * max(1.0, float(theta_ref.abs().max()))
+    n_neg = int((w < -END_INDEX_RTOL * float(w.abs().max())).sum()) or 1
     best = None
-    for sign in (1, -1):
+    for i, sign in [(i, s) for i in range(min(n_neg, max(1, max_directions))) for s in (1, -1)]:
+        v = V[:, i]
         eps = STEP_RTOL * max(1.0, float(theta_p.abs().max()))
         for _ in range(40):
             x0 = theta_p + sign * eps * v
@@ -139,7 +145,7 @@ def descent_leg(landscape: Landscape, theta_p: Tensor, theta_ref: Tensor, *, gra
             w_end = torch.linalg.eigvalsh(landscape.hessian(pts[-1]))
             end_index = int((w_end < -END_INDEX_RTOL * float(w_end.abs().max())).sum())
         is_min = bool(ok and end_index == 0)
-        leg = DescentLeg(images=images.flip(0), losses=losses[::-1], eigenvalue=float(w[0]), sign=sign,
+        leg = DescentLeg(images=images.flip(0), losses=losses[::-1], eigenvalue=float(w[i]), direction=i, sign=sign,
                          end_converged=ok, end_grad_inf=ginf, end_index=end_index, end_is_minimum=is_min,
                          reaches=bool(is_min and dist <= tol),
                          end_distance=float(dist),

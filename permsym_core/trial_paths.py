@@ -19,6 +19,8 @@ from .valleys import build_valley, permuted_minimum_path
 
 VALLEY_POINTS = 2          # irreducible reduced points per (layer, order) whose valleys a trial builds
 DESCENT_TRIES = 2          # saddles per layer whose descent leg is tried for the permuted-minimum path
+DESCENT_DIRECTIONS = 2     # unstable directions tried per saddle (both signs each; a first-order saddle has one)
+DESCENT_MAX_ITER = 1000    # damped Newton steps per leg (the (3, 3) teacher's seed 4 needs ~600 to reach theta*)
 
 
 # 7. paths ---------------------------------------------------------------------------------------------
@@ -112,7 +114,8 @@ def build_valleys(t) -> None:
 def descent_permuted_path(t, layer: int, cands: list, sigma) -> dict | None:
     """Where the relaxed string from theta* climbs above the point: the permuted path whose first leg is the
     descent leg of a saddle of this layer (permsym_core.descent), first-order saddles first, at most
-    DESCENT_TRIES of them (each up to 200 damped Newton steps per side); the first that stays within tolerance
+    DESCENT_TRIES of them (each up to DESCENT_MAX_ITER damped Newton steps per side, along up to DESCENT_DIRECTIONS of
+    its negative eigenvectors); the first that stays within tolerance
     and ends at theta* itself (up to a permutation), else the best tried (within tolerance first). Such a path
     starts at theta* only when `descent.reaches_theta_star`; the caller keeps the relaxed attempt from theta*
     beside it (`from_theta_star`)."""
@@ -128,7 +131,8 @@ def descent_permuted_path(t, layer: int, cands: list, sigma) -> dict | None:
         theta_p = t.halves[(layer, pair)].images[-1]
         leg = descent_leg(t.landscape, theta_p, t.theta_star, grad_tol=t.cfg.grad_tol,
                           slack=max(slack, VALLEY_RTOL * abs(path["point_loss"])),
-                          dense_max_params=t.cfg.dense_max_params)
+                          dense_max_params=t.cfg.dense_max_params, max_directions=DESCENT_DIRECTIONS,
+                          max_iter=DESCENT_MAX_ITER)
         if leg is None:
             continue
         rec = permuted_minimum_path(t.landscape, leg.images, leg.losses, layer, pair, sigma)
