@@ -71,11 +71,13 @@ def _ends(land, n):
 def test_string_paths_are_string_path_per_path(case, precond, refresh):
     """Same images, losses, iterations and perpendicular gradient as the one-path reference. The local
     preconditioner (|H| + 1e-8 lambda_max I)^{-1} magnifies round-off up to 1e8-fold along near-flat
-    directions, so there the agreement is to ~1e-8 (measured: 2.4e-8 on the teacher), elsewhere ~1e-13."""
+    directions, so there the agreement is to ~1e-8 (measured: 2.4e-8 on the teacher), elsewhere ~1e-13 on an
+    Intel Xeon and up to 5.7e-10 on an AMD EPYC (teacher2, `ends`, the second path: 25 iterations amplify the
+    round-off of the batched kernels, which differ by CPU; the other paths agree to 1e-13)."""
     land = CASES[case]()
     start, ends = _ends(land, 3)
     iters = 12 if precond == "local" else 25
-    rtol = 1e-6 if precond == "local" else 1e-10
+    rtol = 1e-6 if precond == "local" else 1e-8
     images, losses, infos = string_paths(land, start, ends, n_images=7, iters=iters, precond=precond,
                                          refresh=refresh)
     for b in range(ends.shape[0]):
@@ -203,5 +205,6 @@ def test_point_batch_in_memory_sized_chunks_equals_one_batch(monkeypatch):
     whole = pb.analyse_points(L, thetas, [ginf] * 5, check_escape=False)
     monkeypatch.setattr(pb, "available_bytes", lambda device=None: pb.COPIES_PER_POINT * 8 * spec.n_params ** 2)
     chunked = pb.analyse_points(L, thetas, [ginf] * 5, check_escape=False)
-    assert [(a.report.index, a.report.n_zero, a.report.tau) for a in whole] == \
-           [(b.report.index, b.report.n_zero, b.report.tau) for b in chunked]
+    assert [(a.report.index, a.report.n_zero) for a in whole] == [(b.report.index, b.report.n_zero) for b in chunked]
+    # tau comes from each point's eigenvalues: a batch of 5 and of 1 may differ in the last bit (CPU-dependent)
+    assert [b.report.tau for b in chunked] == pytest.approx([a.report.tau for a in whole], rel=1e-13)
