@@ -1,7 +1,7 @@
 """The descent leg of a saddle: a measured path from a saddle down to a minimum, loss falling all the way.
 
-From a saddle theta_p (a critical point with a negative Hessian eigenvalue), step a little along the most
-negative eigenvector v (either sign), then descend by damped Newton steps d = -(H + mu I)^-1 g with H + mu I
+From a saddle theta_p (a critical point with a negative Hessian eigenvalue), step a little along a negative
+eigenvector v (the most negative first; either sign), then descend by damped Newton steps d = -(H + mu I)^-1 g with H + mu I
 positive definite (a descent direction; mu -> 0 in the minimum's basin, where the steps become Newton's and
 converge quadratically). A step is taken only when the loss, sampled at SEGMENT_SAMPLES points inside the
 straight segment and at its end, falls all along it (to `slack`); otherwise mu grows (shorter, more
@@ -11,8 +11,10 @@ measured on the final samples, `end_converged` is the minimum's certificate (|gr
 `reaches` says whether that minimum is the reference one (theta*, up to a permutation of neurons and the
 exact sign flips of permsym_core.canonical.orient).
 
-Of the two signs of v the leg that ends at the reference minimum is kept (the second sign is not tried when
-the first one gets there), else the one that ends at a certified minimum, else the one that ends lower.
+At a saddle of index k the legs along its first min(k, max_directions) negative eigenvectors, both signs
+each, are tried in order until one ends at the reference minimum; of those tried the kept one is the first
+that gets there, else a monotone one before one that is not, a certified minimum before one that is not, and
+then the lowest end.
 Used by permsym_core.trial_paths for the first leg of theta* -> permutation point -> valley -> sigma(point) ->
 sigma theta* where the relaxed string from theta* climbs above the point.
 """
@@ -57,6 +59,11 @@ class DescentLeg:
                 "end_grad_inf": self.end_grad_inf, "end_index": self.end_index,
                 "end_is_minimum": self.end_is_minimum, "end_index_rtol": END_INDEX_RTOL, "reaches_theta_star": self.reaches,
                 "end_distance": self.end_distance, "monotone": self.monotone, "n_images": len(self.losses)}
+
+
+def n_negative(w: Tensor) -> int:
+    """Eigenvalues below -END_INDEX_RTOL x max |eigenvalue| (the index, at this tolerance)."""
+    return int((w < -END_INDEX_RTOL * float(w.abs().max())).sum())
 
 
 def _segment(x: Tensor, d: Tensor, samples: int) -> Tensor:
@@ -123,7 +130,7 @@ def descent_leg(landscape: Landscape, theta_p: Tensor, theta_ref: Tensor, *, gra
     loss_p = landscape.loss(theta_p)
     ref = orient(spec, theta_ref)
     tol = SAME_MIN_RTOL * max(1.0, float(theta_ref.abs().max()))
-    n_neg = int((w < -END_INDEX_RTOL * float(w.abs().max())).sum()) or 1
+    n_neg = n_negative(w) or 1
     best = None
     for i, sign in [(i, s) for i in range(min(n_neg, max(1, max_directions))) for s in (1, -1)]:
         v = V[:, i]
@@ -142,15 +149,14 @@ def descent_leg(landscape: Landscape, theta_p: Tensor, theta_ref: Tensor, *, gra
         dist = surgery.distance_up_to_permutation(spec, ref, orient(spec, pts[-1]))
         end_index = None
         if ok:
-            w_end = torch.linalg.eigvalsh(landscape.hessian(pts[-1]))
-            end_index = int((w_end < -END_INDEX_RTOL * float(w_end.abs().max())).sum())
+            end_index = n_negative(torch.linalg.eigvalsh(landscape.hessian(pts[-1])))
         is_min = bool(ok and end_index == 0)
         leg = DescentLeg(images=images.flip(0), losses=losses[::-1], eigenvalue=float(w[i]), direction=i, sign=sign,
                          end_converged=ok, end_grad_inf=ginf, end_index=end_index, end_is_minimum=is_min,
                          reaches=bool(is_min and dist <= tol),
                          end_distance=float(dist),
                          monotone=all(b <= a + slack for a, b in zip(losses[:-1], losses[1:])))
-        rank = (not leg.reaches, not leg.end_is_minimum, leg.losses[0])
+        rank = (not leg.reaches, not leg.monotone, not leg.end_is_minimum, leg.losses[0])
         if best is None or rank < best[0]:
             best = (rank, leg)
         if leg.reaches:                       # theta* itself: the other side cannot do better

@@ -111,28 +111,32 @@ def build_valleys(t) -> None:
     t._tick("valleys", t0)
 
 
-def descent_permuted_path(t, layer: int, cands: list, sigma) -> dict | None:
-    """Where the relaxed string from theta* climbs above the point: the permuted path whose first leg is the
-    descent leg of a saddle of this layer (permsym_core.descent), first-order saddles first, at most
-    DESCENT_TRIES of them (each up to DESCENT_MAX_ITER damped Newton steps per side, along up to DESCENT_DIRECTIONS of
-    its negative eigenvectors); the first that stays within tolerance
-    and ends at theta* itself (up to a permutation), else the best tried (within tolerance first). Such a path
-    starts at theta* only when `descent.reaches_theta_star`; the caller keeps the relaxed attempt from theta*
-    beside it (`from_theta_star`)."""
+def saddle_descent(t, theta_p):
+    """The trial's descent leg from the saddle theta_p down to a minimum (permsym_core.descent.descent_leg with
+    the trial's gradient tolerance, DESCENT_DIRECTIONS, DESCENT_MAX_ITER, and a loss that may rise by the
+    valley's tolerance of the point's loss and still count as falling)."""
     from .descent import descent_leg
     from .valleys import VALLEY_RTOL, loss_floor
 
+    slack = VALLEY_RTOL * max(loss_floor(t.landscape), abs(t.landscape.loss(theta_p)))
+    return descent_leg(t.landscape, theta_p, t.theta_star, grad_tol=t.cfg.grad_tol, slack=slack,
+                       dense_max_params=t.cfg.dense_max_params, max_directions=DESCENT_DIRECTIONS,
+                       max_iter=DESCENT_MAX_ITER)
+
+
+def descent_permuted_path(t, layer: int, cands: list, sigma) -> dict | None:
+    """Where the relaxed string from theta* climbs above the point: the permuted path whose first leg is the
+    descent leg of a saddle of this layer (permsym_core.descent), first-order saddles first, at most
+    DESCENT_TRIES of them (`saddle_descent`); the first that stays within tolerance and ends at theta* itself
+    (up to a permutation), else the best tried (within tolerance first). Such a path
+    starts at theta* only when `descent.reaches_theta_star`; the caller keeps the relaxed attempt from theta*
+    beside it (`from_theta_star`)."""
     order = sorted((p for _, p in cands if (p.get("point_index") or 0) >= 1),
                    key=lambda p: (not p.get("point_first_order"), p["point_index"]))
-    slack = VALLEY_RTOL * loss_floor(t.landscape)
     best = None
     for path in order[:DESCENT_TRIES]:
         pair = tuple(path["pair"])
-        theta_p = t.halves[(layer, pair)].images[-1]
-        leg = descent_leg(t.landscape, theta_p, t.theta_star, grad_tol=t.cfg.grad_tol,
-                          slack=max(slack, VALLEY_RTOL * abs(path["point_loss"])),
-                          dense_max_params=t.cfg.dense_max_params, max_directions=DESCENT_DIRECTIONS,
-                          max_iter=DESCENT_MAX_ITER)
+        leg = saddle_descent(t, t.halves[(layer, pair)].images[-1])
         if leg is None:
             continue
         rec = permuted_minimum_path(t.landscape, leg.images, leg.losses, layer, pair, sigma)

@@ -1,6 +1,7 @@
 """Start or join Ray for a sweep, and check that a trial's resources fit on some node of it.
 
-Embedded local Ray by default (no dashboard, quiet logs); a cluster when an address is given. A trial asking
+Embedded local Ray by default (no dashboard, quiet logs, Ray's token authentication, which a sweep refuses
+to run without: see `check_auth_local`); a cluster when an address is given. A trial asking
 for more CPUs or GPUs than the largest node has would wait forever in Tune's queue: `check_fits` turns that
 into a one-line SpecError before any trial is scheduled (on an autoscaling cluster the check sees only the
 nodes that are up).
@@ -25,6 +26,16 @@ def init_ray(address: str | None, env_vars: dict) -> bool:
     else:
         ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, **common)
     return True
+
+
+def check_auth_local() -> None:
+    """Before embedded Ray starts: Ray 2.60 cannot bind it to loopback (it listens on every interface and maps
+    a 127.0.0.1 node address back to the node's IP), so its token is what keeps other hosts from running code
+    on it; a shell that turned the token off gets a one-line SpecError instead of an open Ray."""
+    mode = os.environ.get("RAY_AUTH_MODE")
+    if mode is not None and mode.strip().lower() != "token":
+        raise SpecError(f"RAY_AUTH_MODE: expected unset or 'token' for the embedded Ray (it listens on every "
+                        f"network interface; without its token anyone who reaches it can run code), got {mode!r}")
 
 
 def check_fits_local(cpus: float) -> None:

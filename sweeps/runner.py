@@ -36,12 +36,13 @@ DEFAULT_RESULTS = "./permsym-results"
 
 
 def check_before_start(spec: SweepSpec, address: str | None) -> None:
-    """What can fail before Ray starts: a trial larger than this machine, an MNIST data_root without the
-    MNIST files (local sweeps: a cluster's workers may see other disks)."""
-    from .ray_start import check_fits_local
+    """What can fail before Ray starts: Ray's token turned off, a trial larger than this machine, an MNIST
+    data_root without the MNIST files (local sweeps: a cluster's workers may see other disks)."""
+    from .ray_start import check_auth_local, check_fits_local
 
     if address:
         return
+    check_auth_local()
     check_fits_local(spec.resources.cpus)
     root = spec.task_options.get("data_root") if spec.task == "mnist" else None
     if root is not None:

@@ -411,7 +411,8 @@ def test_nothing_disables_ray_token_auth():
         p = ROOT / name
         if p.is_file() and p.stat().st_size < 2_000_000:
             for line in p.read_text(errors="ignore").splitlines():
-                if pattern.search(line) and "assert" not in line:      # tests asserting its absence are fine
+                # tests asserting its absence, and the one checking that init_ray overrides it, are fine
+                if pattern.search(line) and "assert" not in line and "auth-override-under-test" not in line:
                     hits.append(f"{name}: {line.strip()}")
     assert not hits, hits
     # the embedded Ray starts without a dashboard; the cluster config keeps token auth on
@@ -452,8 +453,19 @@ print("PROBE " + json.dumps(out))
 """
 
 
-def test_embedded_ray_refuses_clients_without_its_token():
-    env = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_MODE"}     # Ray's default for a local cluster
+def test_embedded_ray_refuses_clients_without_its_token(tmp_path):
+    # a shell that turned Ray's token off: the sweep refuses in one line before anything starts or is written
+    spec = tmp_path / "open.yaml"
+    spec.write_text(yaml.safe_dump(_spec("open", [0])))
+    off = dict(os.environ, RAY_AUTH_MODE="disabled")             # auth-override-under-test
+    r = subprocess.run([sys.executable, "-m", "sweeps.cli", "sweep", str(spec), "--results", str(tmp_path / "res")],
+                       cwd=ROOT, env={**off, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, (r.returncode, r.stderr[-2000:])
+    err = r.stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: RAY_AUTH_MODE: expected unset or 'token'"), err
+    assert not (tmp_path / "res").exists()
+    # Ray's default for a local cluster, which the sweep's init_ray starts
+    env = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_MODE"}
     r = subprocess.run([sys.executable, "-c", _RAY_AUTH_PROBE, str(ROOT)], capture_output=True, text=True,
                        timeout=180, env=env)
     line = [x for x in r.stdout.splitlines() if x.startswith("PROBE ")]
