@@ -1,7 +1,7 @@
 """Start or join Ray for a sweep, and check that a trial's resources fit on some node of it.
 
-Embedded local Ray by default (no dashboard, quiet logs, Ray's token authentication, which a sweep refuses
-to run without: see `check_auth_local`); a cluster when an address is given. A trial asking
+Embedded local Ray by default (no dashboard, no metrics exporter, quiet logs, Ray's token authentication,
+which a sweep refuses to run without: see `check_auth_local`); a cluster when an address is given. A trial asking
 for more CPUs or GPUs than the largest node has would wait forever in Tune's queue: `check_fits` turns that
 into a one-line SpecError before any trial is scheduled (on an autoscaling cluster the check sees only the
 nodes that are up).
@@ -24,6 +24,8 @@ def init_ray(address: str | None, env_vars: dict) -> bool:
     if address:
         ray.init(address=address, **common)
     else:
+        # no Prometheus exporter: Ray 2.60 serves it on every interface without the token
+        os.environ.setdefault("RAY_enable_metrics_collection", "0")
         ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, **common)
     return True
 

@@ -448,6 +448,22 @@ for name, (stub, port, method, req) in calls.items():
             out[f"{name}/{label}"] = "OK"
         except grpc.RpcError as e:
             out[f"{name}/{label}"] = e.code().name
+# every other TCP listener of this Ray's own processes off loopback: an HTTP request without the token must
+# not be answered 200 (401, or not HTTP at all: the gRPC servers above)
+import psutil, urllib.request, urllib.error
+procs = {c.pid for c in psutil.Process().children(recursive=True)} | {psutil.Process().pid}
+http = {}
+for c in psutil.net_connections(kind="tcp"):
+    if c.status != psutil.CONN_LISTEN or c.pid not in procs or c.laddr.ip.startswith("127.") or c.laddr.ip == "::1":
+        continue
+    try:
+        with urllib.request.urlopen(f"http://{ip}:{c.laddr.port}/", timeout=5) as r:
+            http[c.laddr.port] = r.status
+    except urllib.error.HTTPError as e:
+        http[c.laddr.port] = e.code
+    except Exception as e:
+        http[c.laddr.port] = type(e).__name__
+out["http"] = http
 ray.shutdown()
 print("PROBE " + json.dumps(out))
 """
@@ -475,6 +491,8 @@ def test_embedded_ray_refuses_clients_without_its_token(tmp_path):
     for svc in ("gcs", "raylet"):
         assert got[f"{svc}/none"] == "UNAUTHENTICATED" and got[f"{svc}/wrong"] == "UNAUTHENTICATED", got
         assert got[f"{svc}/token"] == "OK", got
+    assert len(got["http"]) >= 3, got                       # GCS, raylet, workers at least
+    assert not [port for port, status in got["http"].items() if status == 200], got
 
 
 # --- 2. a node removed mid-sweep (last: it replaces the module's Ray with a cluster) ---------------------------
