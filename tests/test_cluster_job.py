@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -25,7 +24,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from fixtures.mlflow_helpers import free_port, sweep_runs
+from fixtures.mlflow_helpers import free_port, stop_session, sweep_runs
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -122,13 +121,7 @@ def test_readme_job_submit_runs_a_sweep_on_a_token_authenticated_head(tmp_path):
         assert sorted(int(x.data.params["seed"]) for x in kids if x.info.status == "FINISHED") == SEEDS, \
             [(x.data.tags.get("trial_key"), x.info.status) for x in kids]
     finally:
-        if head.poll() is None:
-            os.killpg(head.pid, signal.SIGTERM)
-            try:
-                head.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(head.pid, signal.SIGKILL)
-                head.wait(timeout=30)
+        stop_session(head, grace=60)
     # every Ray process of this head (they all carry its temp dir on their command line) has ended
     deadline = time.time() + 30
     while (left := subprocess.run(["pgrep", "-f", str(ray_tmp)], capture_output=True, text=True).stdout.split()) \

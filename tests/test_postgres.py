@@ -20,7 +20,6 @@ import json
 import os
 import secrets
 import shlex
-import signal
 import subprocess
 import sys
 import time
@@ -30,7 +29,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from fixtures.mlflow_helpers import free_port
+from fixtures.mlflow_helpers import free_port, stop_session
 from fixtures.postgres import PostgresServer, unavailable_reason
 
 os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
@@ -143,17 +142,6 @@ def _wait_healthy(uri: str, proc: subprocess.Popen, log: Path, timeout: float = 
         time.sleep(0.5)
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    """End the server's own session (the process started here and its workers)."""
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=30)
-
-
 def test_sweep_on_two_nodes_into_postgres_backed_server(tmp_path, monkeypatch):
     reason = unavailable_reason()
     if reason:
@@ -248,6 +236,6 @@ def test_sweep_on_two_nodes_into_postgres_backed_server(tmp_path, monkeypatch):
         if cluster is not None:
             cluster.shutdown()
         if server is not None:
-            _stop(server)
+            stop_session(server)          # the server's own session: it and its workers
         pg.stop()
 
