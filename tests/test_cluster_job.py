@@ -110,9 +110,16 @@ def test_readme_job_submit_runs_a_sweep_on_a_token_authenticated_head(tmp_path):
         spec.write_text(yaml.safe_dump({"name": "job", "task": "toy", "resources": {"cpus": 1}, "max_failures": 1,
                                         "grid": {"widths": [[3]], "seeds": SEEDS, **FAST}}))
         cli_env = {k: v for k, v in head_env.items() if k != "MLFLOW_TRACKING_URI"}   # the job gets the head's
-        r = subprocess.run(_readme_job_submit(dash_port, spec), cwd=ROOT, env=cli_env, capture_output=True,
-                           text=True, timeout=600)
-        out = r.stdout + r.stderr
+        # a head that has just started may not have its job agent registered yet: Ray answers "No available
+        # agent to submit job, please try again later" (measured under load), so the submission is retried
+        deadline = time.time() + 180
+        while True:
+            r = subprocess.run(_readme_job_submit(dash_port, spec), cwd=ROOT, env=cli_env, capture_output=True,
+                               text=True, timeout=600)
+            out = r.stdout + r.stderr
+            if "No available agent to submit job" not in out or time.time() > deadline:
+                break
+            time.sleep(3)
         assert r.returncode == 0 and "succeeded" in out, out[-4000:]
         assert "sweep job: 2 planned, 0 already finished, 2 finished now, 0 failed, 0 errored" in out, out[-4000:]
         assert "Directory '.venv' is now ignored by default" in out, out[-4000:]     # not uploaded
