@@ -45,7 +45,12 @@ def _yaml_head_flags(port: int, dashboard_port: int, temp_dir: Path) -> list[str
         elif w.startswith("--autoscaling-config"):   # the cluster launcher writes it; none on one machine
             continue
         out.append(w)
-    return out + [f"--dashboard-port={dashboard_port}", "--num-cpus=2", f"--temp-dir={temp_dir}", "--block"]
+    # the agents' fixed default ports (52365, ...) may be held by another Ray on this machine (the other
+    # test worker's): then the head's job agent never registers ("No available agent to submit job")
+    agents = [f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+              f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}",
+              f"--ray-client-server-port={free_port()}"]
+    return out + agents + [f"--dashboard-port={dashboard_port}", "--num-cpus=2", f"--temp-dir={temp_dir}", "--block"]
 
 
 def _readme_job_submit(dashboard_port: int, spec: Path) -> list[str]:
