@@ -1,11 +1,12 @@
 """The descent leg of a saddle: a measured path from a saddle down to a minimum, loss falling all the way.
 
 From a saddle theta_p (a critical point with a negative Hessian eigenvalue), step a little along a negative
-eigenvector v (the most negative first; either sign), then descend by damped Newton steps d = -(H + mu I)^-1 g with H + mu I
-positive definite (a descent direction; mu -> 0 in the minimum's basin, where the steps become Newton's and
-converge quadratically). A step is taken only when the loss, sampled at SEGMENT_SAMPLES points inside the
-straight segment and at its end, falls all along it (to `slack`); otherwise mu grows (shorter, more
-gradient-like steps), and shrinks again after each accepted step (Levenberg-Marquardt). The leg is the polyline of the accepted points, kept with its interior samples, so its
+eigenvector v (the most negative first; either sign), then descend by damped Newton steps
+d = -(H + mu I)^-1 g with H + mu I positive definite (a descent direction; mu -> 0 in the minimum's basin,
+where the steps become Newton's and converge quadratically). A step is taken only when the loss, sampled at
+SEGMENT_SAMPLES points inside the straight segment and at its end, falls all along it (to `slack`); otherwise
+mu grows (shorter, more gradient-like steps), and shrinks again after each accepted step
+(Levenberg-Marquardt). The leg is the polyline of the accepted points, kept with its interior samples, so its
 losses are measured along the whole path, not only at its vertices. Nothing is assumed: `monotone` is
 measured on the final samples, `end_converged` is the minimum's certificate (|grad|_inf <= grad_tol) and
 `reaches` says whether that minimum is the reference one (theta*, up to a permutation of neurons and the
@@ -55,9 +56,11 @@ class DescentLeg:
     monotone: bool            # the sampled losses never rise on the way down (to `slack`)
 
     def to_dict(self) -> dict:
-        return {"eigenvalue": self.eigenvalue, "direction": self.direction, "sign": self.sign, "end_converged": self.end_converged,
+        return {"eigenvalue": self.eigenvalue, "direction": self.direction, "sign": self.sign,
+                "end_converged": self.end_converged,
                 "end_grad_inf": self.end_grad_inf, "end_index": self.end_index,
-                "end_is_minimum": self.end_is_minimum, "end_index_rtol": END_INDEX_RTOL, "reaches_theta_star": self.reaches,
+                "end_is_minimum": self.end_is_minimum, "end_index_rtol": END_INDEX_RTOL,
+                "reaches_theta_star": self.reaches,
                 "end_distance": self.end_distance, "monotone": self.monotone, "n_images": len(self.losses)}
 
 
@@ -151,7 +154,8 @@ def descent_leg(landscape: Landscape, theta_p: Tensor, theta_ref: Tensor, *, gra
         if ok:
             end_index = n_negative(torch.linalg.eigvalsh(landscape.hessian(pts[-1])))
         is_min = bool(ok and end_index == 0)
-        leg = DescentLeg(images=images.flip(0), losses=losses[::-1], eigenvalue=float(w[i]), direction=i, sign=sign,
+        leg = DescentLeg(images=images.flip(0), losses=losses[::-1], eigenvalue=float(w[i]), direction=i,
+                         sign=sign,
                          end_converged=ok, end_grad_inf=ginf, end_index=end_index, end_is_minimum=is_min,
                          reaches=bool(is_min and dist <= tol),
                          end_distance=float(dist),
