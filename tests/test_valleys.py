@@ -262,3 +262,13 @@ def test_report_shows_the_valley_and_the_permuted_path(toy_trial, tmp_path):
         img = mpimg.imread(out / name)
         assert img.shape[0] > 200 and img.std() > 0.01 and f"]({name})" in md
     assert "## Valleys and the minimum-to-permuted-minimum path" in md and "widths (4,)" in md
+    # the caption says where the path starts (the width-4 sigmoid trial's relaxed leg starts at theta*) ...
+    assert all(p["starts_at_theta_star"] for p in toy_trial["permuted_paths"])
+    assert "Minimum to permuted minimum: toy sigmoid widths (4,) seed 0" in md and "layer 1: starts at theta*" in md
+    # ... and a path from another minimum says so, with that minimum's loss beside theta*'s
+    from tracking.report import permuted_start_note
+
+    other = {"minimum": {"loss": 6.05e-5}, "permuted_paths": [
+        {"layer": 1, "starts_at_theta_star": False, "start_loss": 6.81e-4, "from_theta_star": {"max_rel_excess": 12.2}}]}
+    note = permuted_start_note(other)
+    assert "not at theta*" in note and "6.81e-04" in note and "6.05e-05" in note and "12.2 x" in note

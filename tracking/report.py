@@ -253,7 +253,33 @@ VALLEY_PARAGRAPH = (
     "that realise generating transpositions of each hidden layer at a permutation point (flat at the point's "
     "loss to 1e-12 relative when the valley holds), and a path from a minimum through a permutation point, the "
     "valley and the permuted point to the permuted minimum (its highest loss is the point's when `within_tol`; "
-    "docs/valleys.md).")
+    "docs/valleys.md). Each caption says where the path starts: at theta*, the trial's trained minimum, or, when "
+    "no first leg from theta* stays below the point, at the minimum one of the layer's saddles descends to.")
+
+
+def permuted_start_note(rec: dict) -> str:
+    """Where each permuted path of a record starts: at theta* or, when no first leg from theta* stays below the
+    point, at the minimum a saddle's descent reaches (its loss against theta*'s, and how far above the point the
+    relaxed attempt from theta* climbed): the path is a claim about that minimum, not about theta*."""
+    theta_loss = (rec.get("minimum") or {}).get("loss")
+    parts = []
+    for p in rec.get("permuted_paths") or []:
+        if p.get("starts_at_theta_star"):
+            parts.append(f"layer {p.get('layer')}: starts at theta*")
+            continue
+        tried = p.get("from_theta_star") or {}
+        excess = tried.get("max_rel_excess")
+        parts.append(f"layer {p.get('layer')}: starts at the minimum its saddle descends to, not at theta* "
+                     f"(loss {_num(p.get('start_loss'))} against theta*'s {_num(theta_loss)}; the relaxed path "
+                     f"from theta* climbs {_num(excess)} x the point's loss above it)")
+    return "; ".join(parts)
+
+
+def _num(x) -> str:
+    if x is None:
+        return "n/a"
+    x = float(x)
+    return f"{x:.3g}" if 1e-2 <= abs(x) < 1e4 else f"{x:.2e}"
 
 
 def _valley_figures(rdf: pd.DataFrame, uri: str, out: Path, max_valley: int) -> list[tuple[str, str]]:
@@ -283,7 +309,8 @@ def _valley_figures(rdf: pd.DataFrame, uri: str, out: Path, max_valley: int) -> 
                 continue
             name = f"{kind}_{len(seen)}.png"
             save_png(fig, out / name)
-            files.append((name, f"{what}: {label}"))
+            note = "" if kind == "valley" else permuted_start_note(rec)
+            files.append((name, f"{what}: {label}" + (f". {note}" if note else "")))
     return files
 
 
