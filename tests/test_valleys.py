@@ -269,6 +269,10 @@ def test_report_shows_the_valley_and_the_permuted_path(toy_trial, tmp_path):
     from tracking.report import permuted_start_note
 
     other = {"minimum": {"loss": 6.05e-5}, "permuted_paths": [
-        {"layer": 1, "starts_at_theta_star": False, "start_loss": 6.81e-4, "from_theta_star": {"max_rel_excess": 12.2}}]}
+        {"layer": 1, "starts_at_theta_star": False, "start_loss": 6.81e-4, "within_tol": True,
+         "from_theta_star": {"max_rel_excess": 12.2, "relaxed": True}},
+        {"layer": 2, "starts_at_theta_star": True, "within_tol": False, "max_rel_excess": 0.5}]}
     note = permuted_start_note(other)
-    assert "not at theta*" in note and "6.81e-04" in note and "6.05e-05" in note and "12.2 x" in note
+    assert "layer 1: starts at the minimum its saddle descends to, not at theta*" in note
+    assert "6.81e-04" in note and "6.05e-05" in note and "relaxed path from theta* climbs 12.2 x" in note
+    assert "layer 2: starts at theta*, climbs 0.5 x" in note

@@ -265,13 +265,14 @@ def permuted_start_note(rec: dict) -> str:
     parts = []
     for p in rec.get("permuted_paths") or []:
         if p.get("starts_at_theta_star"):
-            parts.append(f"layer {p.get('layer')}: starts at theta*")
+            parts.append(f"layer {p.get('layer')}: starts at theta*" + (
+                "" if p.get("within_tol") else f", climbs {_num(p.get('max_rel_excess'))} x the point's loss above it"))
             continue
         tried = p.get("from_theta_star") or {}
-        excess = tried.get("max_rel_excess")
+        how = "relaxed" if tried.get("relaxed") else "straight"
         parts.append(f"layer {p.get('layer')}: starts at the minimum its saddle descends to, not at theta* "
-                     f"(loss {_num(p.get('start_loss'))} against theta*'s {_num(theta_loss)}; the relaxed path "
-                     f"from theta* climbs {_num(excess)} x the point's loss above it)")
+                     f"(loss {_num(p.get('start_loss'))} against theta*'s {_num(theta_loss)}; the {how} path "
+                     f"from theta* climbs {_num(tried.get('max_rel_excess'))} x the point's loss above it)")
     return "; ".join(parts)
 
 
