@@ -55,10 +55,14 @@ def check_before_start(spec: SweepSpec, address: str | None) -> None:
                             f"the other MNIST idx files, got {str(root)!r} (missing {', '.join(missing)})")
 
 
-def _collect(summary: SweepSummary, results_grid, outcomes: dict, elsewhere: set[str]) -> None:
+def _collect(summary: SweepSummary, results_grid, outcomes: dict, elsewhere: set[str],
+             done_before: frozenset[str] = frozenset()) -> None:
     """Count the trials' outcomes: every report the driver saw (`outcomes`, one per trial, a chunk's trials
     included), then what only the result grid knows: the Tune trials that errored (each of their trials with
-    no outcome counts as errored) and the trials of a restored experiment that ended before this run."""
+    no outcome counts as errored) and the trials of a restored experiment that ended before this run. A
+    restored Tune trial's metrics are its last report only, and a restored chunk re-reports its trials that had
+    ended before the kill as skipped: a key FINISHED before this launch (`done_before`) is counted in
+    `already_finished` and nowhere else."""
     from tracking import spool
 
     seen = {key for _, key in outcomes}
@@ -70,10 +74,12 @@ def _collect(summary: SweepSummary, results_grid, outcomes: dict, elsewhere: set
             [cfg["trial"]["key"]] if "trial" in cfg else [m.get("trial_key")]
         if r.error is not None:
             summary.errored += sum(1 for k in keys if k is None or k not in seen)
-        elif m.get("status") and m.get("trial_key") not in seen:
+        elif m.get("status") and m.get("trial_key") not in seen and m.get("trial_key") not in done_before:
             rows.append(m)
     for m in rows:
         st = m.get("status")
+        if st == "skipped" and m.get("trial_key") in done_before:
+            continue                        # a restored chunk passing over a key counted in already_finished
         if m.get("spool_payload"):          # a record the worker could not log: kept by the driver
             with contextlib.suppress(Exception):
                 spool.write_payload(summary.results_dir, json.loads(m["spool_payload"]))
@@ -183,7 +189,7 @@ def run_sweep(spec, *, address: str | None = None, tracking_uri: str | None = No
     try:
         results_grid, outcomes = _fit(spec, ctx, pending, n_to_run, results, resume, max_concurrent, progress,
                                       out, storage, space, figures.submit)
-        _collect(summary, results_grid, outcomes, elsewhere)
+        _collect(summary, results_grid, outcomes, elsewhere, frozenset(done_before))
     except KeyboardInterrupt:
         interrupted = True
         raise

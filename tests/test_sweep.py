@@ -138,6 +138,12 @@ def test_driver_killed_then_resumed(local_ray, tmp_path):
     assert s["already_finished"] >= 1
     _c, finished = _assert_one_finished_per_key(uri, "killed", keys)
     assert len(finished) == 4
+    # every key counted once: the restored Tune trials re-report the trials that had ended before the kill
+    # (their last metrics, or `skipped`), and those keys count in already_finished only; a key the killed
+    # driver's still-running Ray worker finished after this launch's start counts as skipped (held elsewhere)
+    counted = s["already_finished"] + s["finished"] + s["failed"] + s["skipped"] + s["elsewhere"]
+    assert counted == 4, dict(already=s["already_finished"], finished=s["finished"], failed=s["failed"],
+                              skipped=s["skipped"], elsewhere=s["elsewhere"])
 
 
 def test_optuna_study_persists_and_continues(local_ray, tmp_path):
