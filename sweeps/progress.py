@@ -33,6 +33,7 @@ class Progress(tune.Callback):
         self.outcomes: dict[tuple, dict] = {}      # (Tune trial id, trial key) -> its reported outcome
         self.hook_id = 0                            # _HOOKS[hook_id](outcome) for every outcome (figures)
         self.times: list[float] = []
+        self.before: frozenset[str] = frozenset()   # keys FINISHED before this launch (not among `total`)
 
     def _line(self, msg: str) -> None:
         if self.enabled:
@@ -74,6 +75,8 @@ class Progress(tune.Callback):
         if before in ("finished", "spooled", "failed") and res.get("status") == "skipped":
             return                  # a retried chunk passing over a trial it had already finished
         self.outcomes[slot] = res
+        if res.get("status") == "skipped" and slot[1] in self.before:
+            return                  # a restored chunk passing over a key finished before this launch
         hook = _HOOKS.get(self.hook_id)
         if hook is not None:
             with contextlib.suppress(Exception):
@@ -112,12 +115,14 @@ class Progress(tune.Callback):
 
 
 def make_progress(total: int, enabled: bool, stream=None, watch: SweepStore | None = None,
-                  on_outcome=None) -> Progress:
-    """The driver's progress callback; `on_outcome(result)` is called with every trial's reported outcome."""
+                  on_outcome=None, before: frozenset[str] = frozenset()) -> Progress:
+    """The driver's progress callback; `on_outcome(result)` is called with every trial's reported outcome;
+    `before`: the keys FINISHED before this launch (a restored chunk's re-reports of them are not counted)."""
     stream_id = id(stream) if stream is not None else 0
     if stream is not None:
         _STREAMS[stream_id] = stream
     cb = Progress(total, enabled, stream_id, watch)
+    cb.before = frozenset(before)
     if on_outcome is not None:
         cb.hook_id = id(on_outcome)
         _HOOKS[cb.hook_id] = on_outcome

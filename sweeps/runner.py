@@ -188,7 +188,7 @@ def run_sweep(spec, *, address: str | None = None, tracking_uri: str | None = No
     figures = FigureWriter(tracking_uri)
     try:
         results_grid, outcomes = _fit(spec, ctx, pending, n_to_run, results, resume, max_concurrent, progress,
-                                      out, storage, space, figures.submit)
+                                      out, storage, space, figures.submit, frozenset(done_before))
         _collect(summary, results_grid, outcomes, elsewhere, frozenset(done_before))
     except KeyboardInterrupt:
         interrupted = True
@@ -254,8 +254,10 @@ def _slots(spec: SweepSpec, conc: int | None) -> int:
 
 
 def _fit(spec: SweepSpec, ctx: SweepContext, pending: list[PlannedTrial], n_to_run: int, results: Path,
-         resume: bool, max_concurrent: int | None, progress: bool, out, storage, space, on_outcome=None):
-    """Run the Tune experiment; (its result grid, every trial outcome the driver saw: Progress.outcomes)."""
+         resume: bool, max_concurrent: int | None, progress: bool, out, storage, space, on_outcome=None,
+         done_before: frozenset[str] = frozenset()):
+    """Run the Tune experiment; (its result grid, every trial outcome the driver saw: Progress.outcomes).
+    `done_before`: the keys FINISHED before this launch (counted in already_finished, not in the progress)."""
     from ray import tune
 
     from . import optuna_search as osearch
@@ -268,7 +270,7 @@ def _fit(spec: SweepSpec, ctx: SweepContext, pending: list[PlannedTrial], n_to_r
                                     {"cpu": spec.resources.cpus, "gpu": spec.resources.gpus})
     storage_path = str(results / "ray")
     exp_dir = Path(storage_path) / spec.name
-    cb = make_progress(n_to_run, progress, out, ctx.store, on_outcome)
+    cb = make_progress(n_to_run, progress, out, ctx.store, on_outcome, before=done_before)
     run_config = tune.RunConfig(
         name=spec.name, storage_path=storage_path, verbose=0, callbacks=[cb],
         failure_config=tune.FailureConfig(max_failures=spec.max_failures),

@@ -134,8 +134,14 @@ def test_driver_killed_then_resumed(local_ray, tmp_path):
             proc.wait(timeout=30)
     spec = load_spec(spec_file)
     keys = {t.key for t in plan(spec)}
-    s = run_sweep(spec, results_dir=results, resume=True, progress=True)
+    import io
+    import re
+
+    buf = io.StringIO()
+    s = run_sweep(spec, results_dir=results, resume=True, progress=True, stream=buf)
     assert s["already_finished"] >= 1
+    done = [tuple(map(int, m)) for m in re.findall(r"\] (\d+)/(\d+) done", buf.getvalue())]
+    assert done and all(k <= n for k, n in done), buf.getvalue()   # no "4/3 done" from re-reported keys
     _c, finished = _assert_one_finished_per_key(uri, "killed", keys)
     assert len(finished) == 4
     # every key counted once: the restored Tune trials re-report the trials that had ended before the kill
