@@ -2,7 +2,7 @@
 one and two hidden layers, each in a fresh process, against the code of the session's start (commit
 BASELINE, checked out into a temporary git worktree) at the widths where that baseline is affordable.
 Writes docs/trial_cost_vs_width.png. $PERMSYM_BENCH_WIDTHS_ONE / _TWO (comma lists) run fewer widths and
-PERMSYM_BENCH_DEEP=0 leaves out the three-hidden-layer case; the targets then say `not measured`.
+PERMSYM_BENCH_DEEP=0 leaves out the three-hidden-layer case; the first target line lists the cases run.
 """
 from __future__ import annotations
 
@@ -47,7 +47,8 @@ t = time.perf_counter()
 rec = run_trial(cfg)
 print(json.dumps({"seconds": rec["timings"]["total"], "wall": time.perf_counter() - t, "timings": rec["timings"],
                   "counts": rec.get("counts"), "converged": (rec.get("minimum") or {}).get("converged"),
-                  "stop_reason": (rec.get("minimum") or {}).get("stop_reason"), "n_points": len(rec.get("points") or []),
+                  "stop_reason": (rec.get("minimum") or {}).get("stop_reason"),
+                  "n_points": len(rec.get("points") or []),
                   "P": (rec.get("minimum") or {}).get("n_params")}))
 """
 
@@ -109,7 +110,7 @@ def plot(rows: list[dict]) -> None:
         for method, ls in (("permsym (this code)", "-"), (f"baseline {BASELINE}", "--")):
             pts = sorted((r["width"], r["seconds"]) for r in rows
                          if r.get("depth") == depth and r["method"] == method and r.get("seconds")
-                         and r.get("converged") is not False)      # an uncertified minimum: no trial's cost
+                         and r.get("converged"))      # an uncertified minimum: no trial's cost
             if pts:
                 ax.plot(*zip(*pts), marker=marker, ls=ls, label=f"{depth} hidden layer{'s' * (depth > 1)}, {method}")
     ax.set_xscale("log")
@@ -136,8 +137,9 @@ def run(quick: bool = False) -> list[dict]:
             rows.append(row)
             if base_tree is not None and w in BASELINE_WIDTHS[depth]:
                 b = run_one(cfg, base_tree)
-                rows.append(dict(row, method=f"baseline {BASELINE}", seconds=b.get("seconds"), note=outcome(b)))
-                if b.get("seconds") and res.get("seconds"):
+                rows.append(dict(row, method=f"baseline {BASELINE}", seconds=b.get("seconds"), note=outcome(b),
+                                 converged=b.get("converged"), stop_reason=b.get("stop_reason")))
+                if b.get("seconds") and res.get("seconds") and b.get("converged") and res.get("converged"):
                     row.update(ratio=b["seconds"] / res["seconds"], baseline=f"{BASELINE} (sequential engine)",
                                agreement="counts equal" if counts_key(b) == counts_key(res) else
                                f"counts differ: {counts_key(res)} vs {counts_key(b)}")
@@ -163,7 +165,10 @@ def targets(rows: list[dict]) -> list[str]:
         return next((r for r in rows if r.get("depth") == depth and r.get("width") == w
                      and r["method"].startswith("permsym") and r.get("seconds") and not r.get("converged")), None)
 
-    out = []
+    run = {d: sorted({r["width"] for r in rows if r.get("depth") == d and r["method"].startswith("permsym")})
+           for d in (1, 2, 3)}
+    out = [f"cases run: one hidden layer, widths {run[1] or 'none'}; two, widths {run[2] or 'none'}; "
+           f"the three-hidden-layer teacher {'yes' if run[3] else 'no'}"]
     for w, limit in ((4, 1.5), (6, 4.0), (10, 15.0), (20, 120.0)):
         s, bad = sec(1, w), unconverged(1, w)
         out.append(f"NOT MET: toy width {w} <= {limit:g} s: the minimum is not certified ({bad.get('stop_reason')})"
@@ -176,7 +181,7 @@ def targets(rows: list[dict]) -> list[str]:
     s, bad = sec(3, 5), unconverged(3, 5)
     if bad is not None:
         out.append(f"NOT MET: three-hidden-layer teacher [5, 5, 5], every pair, <= 60 s: the student's minimum is not "
-                   f"certified ({bad.get('stop_reason')}), so its {bad['seconds']:.1f} s build no points (issue 11)")
+                   f"certified ({bad.get('stop_reason')}): the {bad['seconds']:.1f} s it took built no points (issue 11)")
     elif s is not None:
         out.append(f"{'MET' if s <= 60 else 'NOT MET'}: three-hidden-layer teacher [5, 5, 5], every pair, <= 60 s: "
                    f"{s:.1f} s")

@@ -186,10 +186,13 @@ def run_sweep(spec, *, address: str | None = None, tracking_uri: str | None = No
     interrupted = False
     elsewhere: set[str] = set()
     figures = FigureWriter(tracking_uri)
+    # a grid's keys FINISHED before this launch are its already_finished and nothing else; an Optuna repeat of
+    # a finished key is a trial of this launch (it uses one of n_trials) and counts as skipped
+    counted_before = frozenset(done_before) if spec.search.kind == "grid" else frozenset()
     try:
         results_grid, outcomes = _fit(spec, ctx, pending, n_to_run, results, resume, max_concurrent, progress,
-                                      out, storage, space, figures.submit, frozenset(done_before))
-        _collect(summary, results_grid, outcomes, elsewhere, frozenset(done_before))
+                                      out, storage, space, figures.submit, counted_before)
+        _collect(summary, results_grid, outcomes, elsewhere, counted_before)
     except KeyboardInterrupt:
         interrupted = True
         raise
@@ -257,7 +260,7 @@ def _fit(spec: SweepSpec, ctx: SweepContext, pending: list[PlannedTrial], n_to_r
          resume: bool, max_concurrent: int | None, progress: bool, out, storage, space, on_outcome=None,
          done_before: frozenset[str] = frozenset()):
     """Run the Tune experiment; (its result grid, every trial outcome the driver saw: Progress.outcomes).
-    `done_before`: the keys FINISHED before this launch (counted in already_finished, not in the progress)."""
+    `done_before`: a grid's keys FINISHED before this launch (counted in already_finished, not in the progress)."""
     from ray import tune
 
     from . import optuna_search as osearch

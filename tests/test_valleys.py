@@ -271,8 +271,23 @@ def test_report_shows_the_valley_and_the_permuted_path(toy_trial, tmp_path):
     other = {"minimum": {"loss": 6.05e-5}, "permuted_paths": [
         {"layer": 1, "starts_at_theta_star": False, "start_loss": 6.81e-4, "within_tol": True,
          "from_theta_star": {"max_rel_excess": 12.2, "relaxed": True}},
-        {"layer": 2, "starts_at_theta_star": True, "within_tol": False, "max_rel_excess": 0.5}]}
-    note = permuted_start_note(other)
-    assert "layer 1: starts at the minimum its saddle descends to, not at theta*" in note
-    assert "6.81e-04" in note and "6.05e-05" in note and "relaxed path from theta* climbs 12.2 x" in note
-    assert "layer 2: starts at theta*, climbs 0.5 x" in note
+        {"layer": 2, "starts_at_theta_star": True, "within_tol": False, "max_rel_excess": 0.5},
+        {"layer": 3, "starts_at_theta_star": False, "start_loss": 2.0e-3, "within_tol": False, "max_rel_excess": 0.25,
+         "from_theta_star": {"max_rel_excess": 3.0, "relaxed": False}}]}
+    parts = permuted_start_note(other).split("; layer ")
+    assert parts[0] == ("layer 1: starts at the minimum its saddle descends to, not at theta* (loss 6.81e-04 "
+                        "against theta*'s 6.05e-05); the relaxed path from theta* rises 12.2 x the point's loss "
+                        "above the point's loss")
+    assert parts[1] == "2: starts at theta*, and it rises 0.5 x the point's loss above the point's loss"
+    assert parts[2].startswith("3: starts at the minimum its saddle descends to, not at theta* (loss 2.00e-03 "
+                               "against theta*'s 6.05e-05, and it rises 0.25 x") and "the straight path" in parts[2]
+    # a record from before `starts_at_theta_star`: a relaxed first leg starts at theta*, a descent one only
+    # where it reached theta*
+    old = {"minimum": {"loss": 1e-3}, "permuted_paths": [
+        {"layer": 1, "first_leg": "relaxed", "within_tol": True},
+        {"layer": 2, "first_leg": "descent", "within_tol": True, "start_loss": 2e-3,
+         "descent": {"reaches_theta_star": False}}]}
+    parts = permuted_start_note(old).split("; layer ")
+    assert parts[0] == "layer 1: starts at theta*"
+    assert parts[1] == ("2: starts at the minimum its saddle descends to, not at theta* (loss 2.00e-03 against "
+                        "theta*'s 1.00e-03)")

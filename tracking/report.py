@@ -260,19 +260,28 @@ VALLEY_PARAGRAPH = (
 def permuted_start_note(rec: dict) -> str:
     """Where each permuted path of a record starts: at theta* or, when no first leg from theta* stays below the
     point, at the minimum a saddle's descent reaches (its loss against theta*'s, and how far above the point the
-    relaxed attempt from theta* climbed): the path is a claim about that minimum, not about theta*."""
+    attempt from theta* rose): the path is a claim about that minimum, not about theta*. Records logged before
+    `starts_at_theta_star` existed: a relaxed first leg starts at theta*, a descent one where it reached theta*."""
     theta_loss = (rec.get("minimum") or {}).get("loss")
     parts = []
     for p in rec.get("permuted_paths") or []:
-        if p.get("starts_at_theta_star"):
-            parts.append(f"layer {p.get('layer')}: starts at theta*" + (
-                "" if p.get("within_tol") else f", climbs {_num(p.get('max_rel_excess'))} x the point's loss above it"))
+        start = p.get("starts_at_theta_star")
+        if start is None:
+            reached = bool((p.get("descent") or {}).get("reaches_theta_star"))
+            start = p.get("first_leg", "relaxed") != "descent" or reached
+        above = "" if p.get("within_tol", True) else \
+            f", and it rises {_num(p.get('max_rel_excess'))} x the point's loss above the point's loss"
+        if start:
+            parts.append(f"layer {p.get('layer')}: starts at theta*{above}")
             continue
-        tried = p.get("from_theta_star") or {}
-        how = "relaxed" if tried.get("relaxed") else "straight"
-        parts.append(f"layer {p.get('layer')}: starts at the minimum its saddle descends to, not at theta* "
-                     f"(loss {_num(p.get('start_loss'))} against theta*'s {_num(theta_loss)}; the {how} path "
-                     f"from theta* climbs {_num(tried.get('max_rel_excess'))} x the point's loss above it)")
+        text = (f"layer {p.get('layer')}: starts at the minimum its saddle descends to, not at theta* "
+                f"(loss {_num(p.get('start_loss'))} against theta*'s {_num(theta_loss)}{above})")
+        tried = p.get("from_theta_star")
+        if tried and tried.get("max_rel_excess") is not None:
+            how = "relaxed" if tried.get("relaxed") else "straight"
+            text += (f"; the {how} path from theta* rises {_num(tried['max_rel_excess'])} x the point's loss above "
+                     "the point's loss")
+        parts.append(text)
     return "; ".join(parts)
 
 
