@@ -82,13 +82,23 @@ def test_memory_workload_reports_its_peak_on_the_smallest_case():
 
 def test_trial_width_targets_read_the_rows_they_name():
     """The width benchmark's verdicts come from the rows of this code at the named widths, not the baseline's."""
-    rows = [dict(method="permsym (this code)", depth=1, width=4, seconds=1.0),
-            dict(method="baseline a7b8af4", depth=1, width=4, seconds=13.0),
-            dict(method="permsym (this code)", depth=1, width=10, seconds=20.0),
-            dict(method="permsym (this code)", depth=3, width=5, seconds=70.0)]
+    rows = [dict(method="permsym (this code)", depth=1, width=4, seconds=1.0, converged=True),
+            dict(method="baseline a7b8af4", depth=1, width=4, seconds=13.0, converged=True),
+            dict(method="permsym (this code)", depth=1, width=10, seconds=20.0, converged=True),
+            dict(method="permsym (this code)", depth=3, width=5, seconds=70.0, converged=True)]
     lines = trial_width.targets(rows)
+    assert lines[0] == "cases run: one hidden layer, widths [4, 10]; two, widths none; the three-hidden-layer teacher yes"
     assert "MET: toy width 4 <= 1.5 s: 1.0 s" in lines
     assert "NOT MET: toy width 10 <= 15 s: 20.0 s" in lines
     assert "not measured: width 6 <= 4 s" in lines
     assert "NOT MET: cost from width 4 to 10 grows at most 10x: 20.0x" in lines
-    assert any(line.startswith("NOT MET: three-hidden-layer") for line in lines)
+    assert "NOT MET: three-hidden-layer teacher [5, 5, 5], every pair, <= 60 s: 70.0 s" in lines
+    # a trial whose minimum is not certified builds no points: however fast, it meets no target
+    fast_but_empty = [dict(method="permsym (this code)", depth=1, width=4, seconds=0.5, converged=False,
+                           stop_reason="channel"),
+                      dict(method="permsym (this code)", depth=3, width=5, seconds=16.9, converged=False,
+                           stop_reason="max_iter")]
+    lines = trial_width.targets(fast_but_empty)
+    assert "NOT MET: toy width 4 <= 1.5 s: the minimum is not certified (channel)" in lines
+    assert any(line.startswith("NOT MET: three-hidden-layer") and "not certified (max_iter)" in line for line in lines)
+    assert not any(line.startswith("MET") for line in lines)
