@@ -180,8 +180,9 @@ def targets(rows: list[dict]) -> list[str]:
         out.append(f"{'MET' if b / a <= 10 else 'NOT MET'}: cost from width 4 to 10 grows at most 10x: {b / a:.1f}x")
     s, bad = sec(3, 5), unconverged(3, 5)
     if bad is not None:
-        out.append(f"NOT MET: three-hidden-layer teacher [5, 5, 5], every pair, <= 60 s: the student's minimum is not "
-                   f"certified ({bad.get('stop_reason')}): the {bad['seconds']:.1f} s it took built no points (issue 11)")
+        out.append(f"NOT MET: three-hidden-layer teacher [5, 5, 5], every pair, <= 60 s: the student's minimum is "
+                   f"not certified ({bad.get('stop_reason')}): the {bad['seconds']:.1f} s it took built no points "
+                   "(issue 11)")
     elif s is not None:
         out.append(f"{'MET' if s <= 60 else 'NOT MET'}: three-hidden-layer teacher [5, 5, 5], every pair, <= 60 s: "
                    f"{s:.1f} s")

@@ -87,7 +87,8 @@ def test_trial_width_targets_read_the_rows_they_name():
             dict(method="permsym (this code)", depth=1, width=10, seconds=20.0, converged=True),
             dict(method="permsym (this code)", depth=3, width=5, seconds=70.0, converged=True)]
     lines = trial_width.targets(rows)
-    assert lines[0] == "cases run: one hidden layer, widths [4, 10]; two, widths none; the three-hidden-layer teacher yes"
+    assert lines[0] == ("cases run: one hidden layer, widths [4, 10]; two, widths none; "
+                        "the three-hidden-layer teacher yes")
     assert "MET: toy width 4 <= 1.5 s: 1.0 s" in lines
     assert "NOT MET: toy width 10 <= 15 s: 20.0 s" in lines
     assert "not measured: width 6 <= 4 s" in lines
