@@ -157,13 +157,18 @@ def run(quick: bool = False) -> list[dict]:
 
 
 def targets(rows: list[dict]) -> list[str]:
-    def sec(depth, w):
-        return next((r["seconds"] for r in rows if r.get("depth") == depth and r.get("width") == w
-                     and r["method"].startswith("permsym") and r.get("seconds") and r.get("converged")), None)
-
-    def unconverged(depth, w):
+    def timed(depth, w):
+        """This code's timed row at (depth, width), or None."""
         return next((r for r in rows if r.get("depth") == depth and r.get("width") == w
-                     and r["method"].startswith("permsym") and r.get("seconds") and not r.get("converged")), None)
+                     and r["method"].startswith("permsym") and r.get("seconds")), None)
+
+    def sec(depth, w):                    # seconds of a certified trial: what the targets are about
+        r = timed(depth, w)
+        return r["seconds"] if r and r.get("converged") else None
+
+    def unconverged(depth, w):            # a timed row whose minimum is not certified (no trial's cost)
+        r = timed(depth, w)
+        return r if r and not r.get("converged") else None
 
     run = {d: sorted({r["width"] for r in rows if r.get("depth") == d and r["method"].startswith("permsym")})
            for d in (1, 2, 3)}

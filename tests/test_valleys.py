@@ -266,7 +266,7 @@ def test_report_shows_the_valley_and_the_permuted_path(toy_trial, tmp_path):
     assert all(p["starts_at_theta_star"] for p in toy_trial["permuted_paths"])
     assert "Minimum to permuted minimum: toy sigmoid widths (4,) seed 0" in md and "layer 1: starts at theta*" in md
     # ... and a path from another minimum says so, with that minimum's loss beside theta*'s
-    from tracking.report import permuted_start_note
+    from tracking.report_valleys import permuted_start_note
 
     other = {"minimum": {"loss": 6.05e-5}, "permuted_paths": [
         {"layer": 1, "starts_at_theta_star": False, "start_loss": 6.81e-4, "within_tol": True,
