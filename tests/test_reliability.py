@@ -516,7 +516,9 @@ def test_node_removed_mid_sweep_trials_rescheduled(local_ray, tmp_path):
         ray.init(address=cluster.address, log_to_driver=False,
                  runtime_env={"env_vars": {"RAY_USAGE_STATS_ENABLED": "0"}})
         head_id, worker_id = cluster.head_node.node_id, worker.node_id
-        spec = load_spec(_spec("noderm", [0, 1, 2], widths=[(4,)], max_failures=2))
+        # Adam steps enough for a few seconds per trial: the worker node must still be running its trial when it
+        # is removed (with FAST's 200 steps a trial could end, FINISHED, inside the remover's 1 s wait)
+        spec = load_spec(_spec("noderm", [0, 1, 2], widths=[(4,)], max_failures=2, grid={"adam_steps": 15000}))
         keys = {t.key for t in plan(spec)}
         uri = results_uri(tmp_path)
         removed: dict = {}
