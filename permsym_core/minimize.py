@@ -28,18 +28,24 @@ CHANNEL_MIN_ITER on, and once more on any unconverged ending) ends as "channel",
 info["channel"]; a wall-time budget ends as "time_limit"; the iteration budget as "max_iter"; a trust region that shrinks to
 nothing or an optimiser that gives up without converging as "stalled". No exception escapes for these.
 Tensors live on the landscape's device (CUDA works); only the scipy methods go through CPU numpy.
+
+The algorithm is one generator, `minimisation`: every loss-and-gradient, Hessian and Hessian-vector product it
+needs is a request it yields (`serve` answers one). `minimise` answers each at once;
+permsym_core.minimise_batched runs many minimisations of one architecture in lock step and answers each round's
+requests with batched calls. The scipy methods call the landscape from their callbacks directly.
 """
 from __future__ import annotations
 
 import math
 import time
 from dataclasses import dataclass, field
+from typing import Generator
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from .trust_region import _DenseModel, _KrylovModel, _Stop
+from .trust_region import Request, _DenseModel, _KrylovModel, _Stop
 
 DENSE_MAX_P = 2000          # exact-Hessian trust region up to this many parameters, matrix-free beyond
 ADAM_SWITCH_TOL = 1e-4      # the warm-up hands over once |grad|_inf is this small
@@ -119,9 +125,14 @@ class _Run:
             raise _Stop("time_limit")
 
     def raw(self, theta: Tensor) -> tuple[float, Tensor]:
-        """Loss and gradient, no checks (a trial point may be bad without the run diverging)."""
-        with torch.no_grad():
-            return self.land.loss_grad(theta)
+        """Loss and gradient now, no checks (the scipy methods' callbacks, which cannot yield)."""
+        return serve(self.land, ("loss_grad", theta))
+
+    @staticmethod
+    def ask(theta: Tensor) -> Generator[Request, object, tuple[float, Tensor]]:
+        """Loss and gradient as a request to the driver, no checks (a trial point may be bad without the run
+        diverging)."""
+        return (yield ("loss_grad", theta))
 
     def accept(self, theta: Tensor, loss: float, g: Tensor) -> float:
         """Record an accepted iterate; raise _Stop("diverged") when it is non-finite or exploding."""
@@ -139,13 +150,13 @@ class _Run:
 
 # --- warm-up --------------------------------------------------------------------------------------
 
-def _adam(run: _Run, theta: Tensor, steps: int, lr: float) -> Tensor:
+def _adam(run: _Run, theta: Tensor, steps: int, lr: float) -> Generator[Request, object, Tensor]:
     b1, b2, eps = 0.9, 0.999, 1e-8
     m = torch.zeros_like(theta)
     v = torch.zeros_like(theta)
     for t in range(1, steps + 1):
         run.check_time()
-        loss, g = run.raw(theta)
+        loss, g = yield from run.ask(theta)
         ginf = run.accept(theta, loss, g)
         if ginf <= max(ADAM_SWITCH_TOL, run.tol):
             break
@@ -155,17 +166,18 @@ def _adam(run: _Run, theta: Tensor, steps: int, lr: float) -> Tensor:
         theta = theta - lr * step
         run.iters["adam"] = t
     else:
-        loss, g = run.raw(theta)
+        loss, g = yield from run.ask(theta)
         run.accept(theta, loss, g)
     return run.best[1].clone()
 
 
 # --- trust region (its step models: permsym_core.trust_region) ------------------------------------
 
-def _trust_region(run: _Run, theta: Tensor, max_iter: int, model=None) -> tuple[Tensor, str]:
+def _trust_region(run: _Run, theta: Tensor, max_iter: int, model=None
+                  ) -> Generator[Request, object, tuple[Tensor, str]]:
     """Trust-region iterations; the step from `model` (default: the dense eigenbasis subproblem)."""
-    model = _DenseModel(run) if model is None else model
-    loss, g = run.raw(theta)
+    model = _DenseModel() if model is None else model
+    loss, g = yield from run.ask(theta)
     ginf = run.accept(theta, loss, g)
     if ginf <= run.tol:
         return theta, "converged"
@@ -178,9 +190,9 @@ def _trust_region(run: _Run, theta: Tensor, max_iter: int, model=None) -> tuple[
         run.snapshot(it - 1, loss, theta)
         if it - 1 >= CHANNEL_MIN_ITER and (it - 1) % CHANNEL_EVERY == 0 and run.channel(it - 1) is not None:
             return theta, "channel"
-        p, pred, pnorm = model.step(theta, g, delta)
+        p, pred, pnorm = yield from model.step(theta, g, delta)
         new = theta + p
-        loss_n, g_n = run.raw(new)
+        loss_n, g_n = yield from run.ask(new)
         ginf_n = float(g_n.abs().max())
         actual = loss_n - loss
         noise = 1e3 * _EPS * abs(loss) + 1e-300
@@ -279,10 +291,43 @@ def dense_second_order(P: int, dense_max_params: int | None = None) -> bool:
     return P <= DENSE_MAX_P and (dense_max_params is None or P <= dense_max_params)
 
 
-def minimise(landscape, theta0, *, grad_tol: float = 1e-10, max_iter: int = 2000, adam_steps: int = 3000,
-             lr: float = 0.05, time_limit_s: float | None = None, seed: int = 0, method: str = "auto",
-             warmup: bool = True, dense_max_params: int | None = None) -> MinimiseResult:
-    """Minimise `landscape` from theta0 to |grad|_inf <= grad_tol; see the module docstring.
+def serve(landscape, request: Request):
+    """Answer one request of a minimisation: ("loss_grad", theta), ("hessian", theta) or ("hvp", theta, v)."""
+    kind, theta = request[0], request[1]
+    with torch.no_grad():
+        if kind == "loss_grad":
+            return landscape.loss_grad(theta)
+        if kind == "hessian":
+            return landscape.hessian(theta)
+        if kind == "hvp":
+            return landscape.hvp(theta, request[2])
+    raise ValueError(f"request: expected loss_grad, hessian or hvp, got {kind!r}")
+
+
+def minimise(landscape, theta0, **options) -> MinimiseResult:
+    """Minimise `landscape` from theta0 to |grad|_inf <= grad_tol; see the module docstring and minimisation()
+    for the options. Each request of the minimisation is answered at once, by the landscape itself."""
+    run = minimisation(landscape, theta0, **options)
+    reply, failure = None, None
+    try:
+        while True:
+            request = run.send(reply) if failure is None else run.throw(failure)
+            try:
+                reply, failure = serve(landscape, request), None
+            except Exception as exc:            # noqa: BLE001  (where the minimisation asked: it decides)
+                failure = exc
+    except StopIteration as done:
+        return done.value
+
+
+def minimisation(landscape, theta0, *, grad_tol: float = 1e-10, max_iter: int = 2000, adam_steps: int = 3000,
+                 lr: float = 0.05, time_limit_s: float | None = None, seed: int = 0, method: str = "auto",
+                 warmup: bool = True, dense_max_params: int | None = None
+                 ) -> Generator[Request, object, MinimiseResult]:
+    """The minimisation as a generator: it yields each loss-and-gradient, Hessian and Hessian-vector product
+    it needs as a request (see serve), takes the answer back by send(), and returns the MinimiseResult.
+    minimise() answers one by one; permsym_core.minimise_batched answers many minimisations' requests in
+    batched calls.
 
     `seed` is recorded for reproducibility (the pipeline itself draws no random numbers)."""
     if method not in METHODS:
@@ -296,28 +341,28 @@ def minimise(landscape, theta0, *, grad_tol: float = 1e-10, max_iter: int = 2000
     reason = "max_iter"
     run_info_error = None
     try:
-        loss, g = run.raw(theta)
+        loss, g = yield from run.ask(theta)
         if run.accept(theta, loss, g) <= run.tol:
             reason = "converged"
         else:
             if warmup and adam_steps > 0:
-                theta = _adam(run, theta, adam_steps, lr)
+                theta = yield from _adam(run, theta, adam_steps, lr)
             if max_iter > 0:
                 ran = used
                 if used == "trust-region":
-                    theta, reason = _trust_region(run, theta, max_iter)
+                    theta, reason = yield from _trust_region(run, theta, max_iter)
                 elif used == "trust-krylov":
-                    krylov = _KrylovModel(run, max_cg=min(P, KRYLOV_MAX_CG))
-                    theta, reason = _trust_region(run, theta, max_iter, krylov)
+                    krylov = _KrylovModel(max_cg=min(P, KRYLOV_MAX_CG))
+                    theta, reason = yield from _trust_region(run, theta, max_iter, krylov)
                     run.info["hvps"] = krylov.hvps
                 else:
                     theta, reason = _scipy(run, theta, max_iter, "lbfgs" if used == "lbfgs+krylov" else used)
                     if used == "lbfgs+krylov" and reason in ("max_iter", "stalled"):   # L-BFGS did not certify:
-                        krylov = _KrylovModel(run, max_cg=min(P, KRYLOV_MAX_CG))        # the matrix-free finish
+                        krylov = _KrylovModel(max_cg=min(P, KRYLOV_MAX_CG))            # the matrix-free finish
                         done = run.iters["second_order"]
                         run.history.clear()            # channel snapshots are numbered per phase
                         try:
-                            theta, reason = _trust_region(run, theta, max_iter, krylov)
+                            theta, reason = yield from _trust_region(run, theta, max_iter, krylov)
                         finally:                       # a _Stop (time limit, divergence) keeps the count too
                             run.iters["second_order"] += done
                             run.info["hvps"] = krylov.hvps
@@ -330,7 +375,7 @@ def minimise(landscape, theta0, *, grad_tol: float = 1e-10, max_iter: int = 2000
         theta = run.best[1] if run.best is not None else theta
         run_info_error = f"{type(exc).__name__}: {exc}".splitlines()[0]
     # The verdict: measured at the returned point, nothing else.
-    loss, g = run.raw(theta)
+    loss, g = yield from run.ask(theta)
     ginf = float(g.abs().max()) if g.numel() else 0.0
     ok = math.isfinite(loss) and math.isfinite(ginf)
     converged = ok and ginf <= grad_tol and reason != "diverged"

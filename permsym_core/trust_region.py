@@ -1,10 +1,13 @@
 """Trust-region steps of permsym_core.minimize: the exact subproblem in the Hessian's eigenbasis and two step
 models, dense (one eigendecomposition per accepted point) and matrix-free (Steihaug-Toint CG on
 Hessian-vector products). The iteration itself (acceptance, radius, stop reasons) is minimize._trust_region.
+A model's `step` is a generator: it yields the Hessian or the Hessian-vector products it needs as requests to
+the minimisation's driver (see minimize.minimisation).
 """
 from __future__ import annotations
 
 import math
+from typing import Generator
 
 import numpy as np
 import torch
@@ -13,6 +16,8 @@ from torch import Tensor
 from .mlp import DTYPE
 
 ZERO_CURV = 1e-12           # eigenvalues below this x |lambda|_max count as zero curvature in the subproblem
+Request = tuple             # what a minimisation asks its driver: ("loss_grad" | "hessian", theta) or ("hvp", theta, v)
+Step = tuple                # (step p, predicted change of the loss, |p|)
 
 
 class _Stop(Exception):
@@ -96,16 +101,15 @@ def subproblem(lam: np.ndarray, gt: np.ndarray, delta: float, tau: float = 0.0) 
 class _DenseModel:
     """The exact subproblem in the eigenbasis of the dense Hessian (one build and eigh per accepted point)."""
 
-    def __init__(self, run):        # run: minimize._Run (hessian/hvp via run.land)
-        self.run = run
+    def __init__(self):
         self.lam = self.V = None
 
     def moved(self) -> None:
         self.lam = None
 
-    def step(self, theta: Tensor, g: Tensor, delta: float) -> tuple[Tensor, float, float]:
+    def step(self, theta: Tensor, g: Tensor, delta: float) -> Generator[Request, object, Step]:
         if self.lam is None:
-            H = self.run.land.hessian(theta)
+            H = yield ("hessian", theta)
             if not bool(torch.isfinite(H).all()):
                 raise _Stop("diverged")
             lam_t, self.V = torch.linalg.eigh(H)
@@ -120,8 +124,7 @@ class _KrylovModel:
     (Nocedal & Wright, Algorithm 7.2), stopped at |r| <= min(0.5, sqrt|g|) |g| (superlinear near a minimum),
     on the trust-region boundary, or along a direction of non-positive curvature (left downhill)."""
 
-    def __init__(self, run, max_cg: int):
-        self.run = run
+    def __init__(self, max_cg: int):
         self.max_cg = max_cg
         self.hvps = 0
 
@@ -133,14 +136,14 @@ class _KrylovModel:
         a, b, c = float(d @ d), 2.0 * float(z @ d), float(z @ z) - delta ** 2
         return (-b + math.sqrt(max(b * b - 4 * a * c, 0.0))) / (2 * a)
 
-    def step(self, theta: Tensor, g: Tensor, delta: float) -> tuple[Tensor, float, float]:
+    def step(self, theta: Tensor, g: Tensor, delta: float) -> Generator[Request, object, Step]:
         gnorm = float(g.norm())
         tol = min(0.5, math.sqrt(gnorm)) * gnorm
         z, Bz = torch.zeros_like(g), torch.zeros_like(g)
         r, d = g.clone(), -g
         rr = float(r @ r)
         for _ in range(self.max_cg):
-            Bd = self.run.land.hvp(theta, d)
+            Bd = yield ("hvp", theta, d)
             self.hvps += 1
             if not bool(torch.isfinite(Bd).all()):
                 raise _Stop("diverged")
