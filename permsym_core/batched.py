@@ -73,7 +73,7 @@ def _loss_grad_chunk(landscape, thetas: Tensor, need_grad: bool) -> tuple[Tensor
         if gb is not None:
             gb.copy_(delta.sum(1))
         if k > 1:
-            delta = torch.bmm(delta, layers[k - 1][0]) * act.df(zs[k - 2])
+            delta = torch.bmm(delta, layers[k - 1][0]) * act.deriv(zs[k - 2], hs[k - 1])
     return losses, grads
 
 

@@ -13,6 +13,7 @@ from .activations import ACTIVATIONS
 SCHEMA_VERSION = 2
 TASKS = ("toy", "teacher", "mnist")
 DEVICES = ("auto", "cpu", "cuda")
+BATCHING = ("auto", "on", "off")
 
 
 class ConfigError(ValueError):
@@ -44,6 +45,8 @@ class TrialConfig:
     save_params: bool = False
     device: str = "auto"                 # "auto" (CUDA when there) | "cpu" | "cuda"; not part of the trial key
     dense_max_params: int | None = None  # dense/iterative threshold: None = what free memory allows (see README)
+    batch_reduced: str = "auto"          # merged networks of a (layer, order) minimised in lock step: "auto" |
+    #                                      "on" | "off" (see batches_reduced); not part of the trial key
 
     def __post_init__(self) -> None:
         def fail(name: str, expected: str, got: Any) -> None:
@@ -93,6 +96,8 @@ class TrialConfig:
 
         if self.device not in DEVICES:
             fail("device", f"one of {', '.join(DEVICES)}", self.device)
+        if self.batch_reduced not in BATCHING:
+            fail("batch_reduced", f"one of {', '.join(BATCHING)}", self.batch_reduced)
         d = self.dense_max_params
         if d is not None and (isinstance(d, bool) or not isinstance(d, int) or d < 1):
             fail("dense_max_params", "an integer >= 1 or null", d)
@@ -105,6 +110,18 @@ class TrialConfig:
             raise ConfigError("device: expected 'auto' or 'cpu' on a machine without CUDA, got 'cuda'")
         return torch.device("cuda" if self.device == "cuda" or (self.device == "auto" and torch.cuda.is_available())
                             else "cpu")
+
+    def batches_reduced(self) -> bool:
+        """Whether the merged networks of one (layer, order) are minimised in lock step, each round one
+        batched call (permsym_core.minimise_batched). "auto": on CUDA only. On this CPU it gains 1.06x against
+        the loop at its fastest (BENCHMARKS.md, "Batched reduced training"), and its kernels round differently
+        from the sequential ones, which in a nearly flat reduced landscape can end a member at another
+        certified minimum: on the CPU a trial's record stays what the sequential path gives. Never under
+        "auto" with a time_limit_s, which each minimisation would share with the others of its round. "on"
+        batches even then; "off" never."""
+        if self.batch_reduced != "auto":
+            return self.batch_reduced == "on"
+        return self.time_limit_s is None and self.torch_device().type == "cuda"
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrialConfig":
@@ -132,6 +149,7 @@ class TrialConfig:
         """Hash of the scientific configuration and the record's schema version (16 hex digits)."""
         config = self.to_dict()
         del config["device"]                     # where it ran does not change what it found
+        del config["batch_reduced"]              # nor does the order in which the merged networks were minimised
         if config["dense_max_params"] is None:   # keys of trials from before the field stay as they were
             del config["dense_max_params"]
         payload = json.dumps({"schema_version": SCHEMA_VERSION, "config": config}, sort_keys=True)

@@ -22,6 +22,7 @@ from .config import SCHEMA_VERSION, TrialConfig
 from .counting import count_rows
 from .landscape import LOSS_CONVENTION, Landscape
 from .minimize import minimise
+from .minimise_batched import minimise_many
 from .batched import batched_loss_grad
 from .mlp import MLPSpec, params_to_json
 from .permutation import (GAMMA_GRID, c_spectrum, fa_matrix, fa_prediction, negative_lower_bound, plateau_check,
@@ -34,10 +35,13 @@ from .tasks import make_task
 PhaseCallback = Callable[[str, int, int], None]   # on_phase(phase, k, n): see run_trial
 
 
+def _minimise_options(cfg: TrialConfig, warmup: bool = True) -> dict:
+    return dict(grad_tol=cfg.grad_tol, max_iter=cfg.max_iter, adam_steps=cfg.adam_steps if warmup else 0,
+                lr=cfg.lr, time_limit_s=cfg.time_limit_s, seed=cfg.seed, dense_max_params=cfg.dense_max_params)
+
+
 def _minimise(landscape: Landscape, theta0: torch.Tensor, cfg: TrialConfig, warmup: bool = True):
-    return minimise(landscape, theta0, grad_tol=cfg.grad_tol, max_iter=cfg.max_iter,
-                    adam_steps=cfg.adam_steps if warmup else 0, lr=cfg.lr,
-                    time_limit_s=cfg.time_limit_s, seed=cfg.seed, dense_max_params=cfg.dense_max_params)
+    return minimise(landscape, theta0, **_minimise_options(cfg, warmup))
 
 
 def _clean(x: Any) -> Any:
@@ -133,11 +137,20 @@ class _Trial:
         pair_sets = self.pair_sets(layer, order)
         self.n_pair_sets[(layer, order)] = len(pair_sets)
         first = len(self.reduced)
-        for n_done, pair_set in enumerate(pair_sets):
-            self.phase(f"reduced L{layer}K{order}", n_done, len(pair_sets))
-            red_spec, red0, _ = surgery.merge(self.spec, self.theta_star, layer, pair_set)
+        merged = [surgery.merge(self.spec, self.theta_star, layer, pair_set)[:2] for pair_set in pair_sets]
+        if merged:                                     # every pair set of (layer, order) leaves one architecture
+            red_spec = merged[0][0]
             red_land = Landscape(red_spec, self.task.X, self.task.Y, device=self.landscape.device)
-            res = _minimise(red_land, red0, self.cfg)
+        batched = None
+        if len(merged) > 1 and self.cfg.batches_reduced():
+            self.phase(f"reduced L{layer}K{order}", 0, len(pair_sets))
+            batched = minimise_many(red_land, [red0 for _spec, red0 in merged], **_minimise_options(self.cfg))
+        for n_done, pair_set in enumerate(pair_sets):
+            if batched is None:
+                self.phase(f"reduced L{layer}K{order}", n_done, len(pair_sets))
+                res = _minimise(red_land, merged[n_done][1], self.cfg)
+            else:
+                res = batched[n_done]
             theta, loss, grad_inf, pol = res.theta, res.loss, res.grad_inf, None
             if res.converged:
                 pol = self._polished(red_land, res.theta)

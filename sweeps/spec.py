@@ -132,6 +132,7 @@ class Grid(_Model):
     save_params: _values(bool) = None
     device: _values(Literal["auto", "cpu", "cuda"]) = None
     dense_max_params: _values(Optional[PosInt]) = None
+    batch_reduced: _values(Literal["auto", "on", "off"]) = None
     max_pair_sets: _values(Optional[PosInt]) = None
 
     #: grid key -> TrialConfig field
