@@ -9,9 +9,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `benchmarks` is not an installed package
 
 from benchmarks import MODULES  # noqa: E402
-from benchmarks import counting, memory, minimise, sweep, trial, trial_width  # noqa: E402
+from benchmarks import batched, counting, memory, minimise, sweep, trial, trial_width  # noqa: E402
 
-OURS = ("counting", "minimise", "trial", "trial_width", "sweep", "memory")
+OURS = ("counting", "minimise", "batched", "trial", "trial_width", "sweep", "memory")
 
 
 def test_modules_registered_with_the_interface():
@@ -103,3 +103,16 @@ def test_trial_width_targets_read_the_rows_they_name():
     assert "NOT MET: toy width 4 <= 1.5 s: the minimum is not certified (channel)" in lines
     assert any(line.startswith("NOT MET: three-hidden-layer") and "not certified (max_iter)" in line for line in lines)
     assert not any(line.startswith("MET") for line in lines)
+
+
+def test_batched_targets_need_the_speed_and_every_member_agreeing():
+    def row(threads, seconds, ratio, agree, method="reduced training, lock step (minimise_many)"):
+        return dict(case="c", part="reduced", width=10, threads=threads, seconds=seconds, ratio=ratio,
+                    all_agree=agree, method=method, baseline="loop")
+    loops = [dict(case="c", method="loop", seconds=s) for s in (10.0, 30.0)]
+    fast = batched.targets([row(1, 2.0, 5.0, True), row(2, 5.0, 6.0, True)] + loops)
+    assert fast[0].startswith("MET: batched reduced training >= 5x") and "6.00x at 2 threads" in fast[0]
+    assert "fastest against fastest (any thread count) 5.00x" in fast[0]
+    assert fast[1].startswith("not measured: batched point analysis")
+    wrong = batched.targets([row(2, 5.0, 6.0, False)] + loops)
+    assert wrong[0].startswith("NOT MET") and "not every member agreed" in wrong[0]
