@@ -98,6 +98,9 @@ class TrialConfig:
             fail("device", f"one of {', '.join(DEVICES)}", self.device)
         if self.batch_reduced not in BATCHING:
             fail("batch_reduced", f"one of {', '.join(BATCHING)}", self.batch_reduced)
+        if self.batch_reduced == "on" and self.time_limit_s is not None:
+            fail("batch_reduced", "'auto' or 'off' with a time_limit_s (in lock step the members would share one "
+                 "clock)", self.batch_reduced)
         d = self.dense_max_params
         if d is not None and (isinstance(d, bool) or not isinstance(d, int) or d < 1):
             fail("dense_max_params", "an integer >= 1 or null", d)
@@ -116,9 +119,9 @@ class TrialConfig:
         batched call (permsym_core.minimise_batched). "auto": on CUDA only. On this CPU it gains 1.06x against
         the loop at its fastest (BENCHMARKS.md, "Batched reduced training"), and its kernels round differently
         from the sequential ones, which in a nearly flat reduced landscape can end a member at another
-        certified minimum: on the CPU a trial's record stays what the sequential path gives. Never under
-        "auto" with a time_limit_s, which each minimisation would share with the others of its round. "on"
-        batches even then; "off" never."""
+        certified minimum: on the CPU a trial's record stays what the sequential path gives. Never with a
+        time_limit_s, which each minimisation would share with the others of its round ("on" with one is a
+        ConfigError); "off" never."""
         if self.batch_reduced != "auto":
             return self.batch_reduced == "on"
         return self.time_limit_s is None and self.torch_device().type == "cuda"
@@ -141,6 +144,8 @@ class TrialConfig:
         d = dataclasses.asdict(self)
         if d["max_pair_sets"] is None:
             del d["max_pair_sets"]
+        if d["batch_reduced"] == "auto":          # the default, left out: records readable by code without it
+            del d["batch_reduced"]
         d["widths"] = list(self.widths)
         d["orders"] = list(self.orders)
         return d
@@ -149,7 +154,9 @@ class TrialConfig:
         """Hash of the scientific configuration and the record's schema version (16 hex digits)."""
         config = self.to_dict()
         del config["device"]                     # where it ran does not change what it found
-        del config["batch_reduced"]              # nor does the order in which the merged networks were minimised
+        # batch_reduced: the same algorithm per merged network; its rounding may differ in the last bit
+        # (README, "Devices and the dense threshold"), like a run on another device, which shares the key too
+        config.pop("batch_reduced", None)
         if config["dense_max_params"] is None:   # keys of trials from before the field stay as they were
             del config["dense_max_params"]
         payload = json.dumps({"schema_version": SCHEMA_VERSION, "config": config}, sort_keys=True)

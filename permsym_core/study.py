@@ -21,7 +21,7 @@ from .certify import ESCAPE_RTOL, polish
 from .config import SCHEMA_VERSION, TrialConfig
 from .counting import count_rows
 from .landscape import LOSS_CONVENTION, Landscape
-from .minimize import minimise
+from .minimize import dense_second_order, minimise
 from .minimise_batched import minimise_many
 from .batched import batched_loss_grad
 from .mlp import MLPSpec, params_to_json
@@ -142,15 +142,13 @@ class _Trial:
             red_spec = merged[0][0]
             red_land = Landscape(red_spec, self.task.X, self.task.Y, device=self.landscape.device)
         batched = None
-        if len(merged) > 1 and self.cfg.batches_reduced():
+        if (len(merged) > 1 and self.cfg.batches_reduced()          # lock step: the dense trust region's
+                and dense_second_order(red_spec.n_params, self.cfg.dense_max_params)):   # requests batch
             self.phase(f"reduced L{layer}K{order}", 0, len(pair_sets))
             batched = minimise_many(red_land, [red0 for _spec, red0 in merged], **_minimise_options(self.cfg))
         for n_done, pair_set in enumerate(pair_sets):
-            if batched is None:
-                self.phase(f"reduced L{layer}K{order}", n_done, len(pair_sets))
-                res = _minimise(red_land, merged[n_done][1], self.cfg)
-            else:
-                res = batched[n_done]
+            self.phase(f"reduced L{layer}K{order}", n_done, len(pair_sets))
+            res = _minimise(red_land, merged[n_done][1], self.cfg) if batched is None else batched[n_done]
             theta, loss, grad_inf, pol = res.theta, res.loss, res.grad_inf, None
             if res.converged:
                 pol = self._polished(red_land, res.theta)

@@ -93,6 +93,11 @@ def _number(v: Any) -> Any:
     return v
 
 
+def _on_off_list(v: Any) -> Any:
+    """batch_reduced values: YAML 1.1 reads a bare on/off as true/false; they mean "on"/"off" here."""
+    return [{True: "on", False: "off"}.get(x, x) if isinstance(x, bool) else x for x in _as_list(v)]
+
+
 def _numbers_list(v: Any) -> Any:
     return [_number(x) for x in _as_list(v)]
 
@@ -132,7 +137,7 @@ class Grid(_Model):
     save_params: _values(bool) = None
     device: _values(Literal["auto", "cpu", "cuda"]) = None
     dense_max_params: _values(Optional[PosInt]) = None
-    batch_reduced: _values(Literal["auto", "on", "off"]) = None
+    batch_reduced: _values(Literal["auto", "on", "off"], _on_off_list) = None
     max_pair_sets: _values(Optional[PosInt]) = None
 
     #: grid key -> TrialConfig field
@@ -201,10 +206,13 @@ class SweepSpec(_Model):
             if grid is None or grid == {}:
                 raise PydanticCustomError("permsym", "grid: expected a non-empty mapping of trial options "
                                           "(widths, activations, seeds, ...), got {got}", {"got": repr(grid)})
-            dev = grid.get("device") if isinstance(grid, dict) else None
-            if isinstance(dev, list) and len(dev) > 1:      # not in the trial key: two values, one key twice
-                raise PydanticCustomError("permsym", "grid.device: expected one device for the whole sweep (it "
-                                          "is not part of the trial key), got {got}", {"got": repr(dev)})
+            for name, what in (("device", "one device"), ("batch_reduced", "one batch_reduced")):
+                val = grid.get(name) if isinstance(grid, dict) else None
+                if isinstance(val, list) and len(val) > 1:  # not in the trial key: two values, one key twice
+                    val = _on_off_list(val) if name == "batch_reduced" else val
+                    raise PydanticCustomError("permsym", "grid.{name}: expected {what} for the whole sweep (it is "
+                                              "not part of the trial key), got {got}",
+                                              {"name": name, "what": what, "got": repr(val)})
             if "trial_time_limit_s" in data:
                 data = {**data, "trial_time_limit_s": _number(data["trial_time_limit_s"])}
         return data
