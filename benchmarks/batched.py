@@ -11,7 +11,6 @@ import torch
 
 from permsym_core import surgery
 from permsym_core.config import TrialConfig
-from permsym_core.landscape import Landscape
 from permsym_core.minimize import minimise
 from permsym_core.minimise_batched import minimise_many
 from permsym_core.point_batch import analyse_points
@@ -37,9 +36,8 @@ index and n_zero point by point. Each row is one timed call after a warm-up; `th
 def _merged(width: int):
     t = _Trial(TrialConfig(task="toy", widths=(width,), seed=1))
     assert t.train_minimum()["converged"]
-    merged = [surgery.merge(t.spec, t.theta_star, 1, ps)[:2] for ps in t.pair_sets(1, 1)]
-    land = Landscape(merged[0][0], t.task.X, t.task.Y, device="cpu")
-    return t, land, [m[1] for m in merged]
+    _spec, land, starts = t.merged(1, t.pair_sets(1, 1))
+    return t, land, starts
 
 
 def _agreement(seq, bat, scale: float) -> tuple[int, int, float]:

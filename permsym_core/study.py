@@ -132,23 +132,30 @@ class _Trial:
                                  limit=self.cfg.max_pair_sets, seed=self.cfg.seed)
 
     # 2. reduced networks ---------------------------------------------------------------------------
+    def merged(self, layer: int, pair_sets) -> tuple[MLPSpec | None, Landscape | None, list[torch.Tensor]]:
+        """theta* merged along each pair set of one order in `layer`: the one architecture they leave, its
+        landscape on the task's data (shared by all), and each merged network's start (None, None, [] if none)."""
+        merged = [surgery.merge(self.spec, self.theta_star, layer, pair_set)[:2] for pair_set in pair_sets]
+        if not merged:
+            return None, None, []
+        red_spec = merged[0][0]
+        return (red_spec, Landscape(red_spec, self.task.X, self.task.Y, device=self.landscape.device),
+                [red0 for _spec, red0 in merged])
+
     def reduce(self, layer: int, order: int) -> None:
         t0 = time.perf_counter()
         pair_sets = self.pair_sets(layer, order)
         self.n_pair_sets[(layer, order)] = len(pair_sets)
         first = len(self.reduced)
-        merged = [surgery.merge(self.spec, self.theta_star, layer, pair_set)[:2] for pair_set in pair_sets]
-        if merged:                                     # every pair set of (layer, order) leaves one architecture
-            red_spec = merged[0][0]
-            red_land = Landscape(red_spec, self.task.X, self.task.Y, device=self.landscape.device)
+        red_spec, red_land, starts = self.merged(layer, pair_sets)
         batched = None
-        if (len(merged) > 1 and self.cfg.batches_reduced()          # lock step: the dense trust region's
+        if (len(starts) > 1 and self.cfg.batches_reduced()          # lock step: the dense trust region's
                 and dense_second_order(red_spec.n_params, self.cfg.dense_max_params)):   # requests batch
             self.phase(f"reduced L{layer}K{order}", 0, len(pair_sets))
-            batched = minimise_many(red_land, [red0 for _spec, red0 in merged], **_minimise_options(self.cfg))
+            batched = minimise_many(red_land, starts, **_minimise_options(self.cfg))
         for n_done, pair_set in enumerate(pair_sets):
             self.phase(f"reduced L{layer}K{order}", n_done, len(pair_sets))
-            res = _minimise(red_land, merged[n_done][1], self.cfg) if batched is None else batched[n_done]
+            res = _minimise(red_land, starts[n_done], self.cfg) if batched is None else batched[n_done]
             theta, loss, grad_inf, pol = res.theta, res.loss, res.grad_inf, None
             if res.converged:
                 pol = self._polished(red_land, res.theta)

@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from permsym_core import study, surgery
+from permsym_core import study
 from permsym_core.canonical import zero_loss_scale
 from permsym_core.config import ConfigError, TrialConfig
 from permsym_core.landscape import Landscape
@@ -24,9 +24,8 @@ def _merged(cfg: TrialConfig, layer: int = 1, order: int = 1):
     """The trial's certified minimum, merged along every pair set of (layer, order): one landscape, the starts."""
     t = _Trial(cfg)
     assert t.train_minimum()["converged"]
-    merged = [surgery.merge(t.spec, t.theta_star, layer, ps)[:2] for ps in t.pair_sets(layer, order)]
-    land = Landscape(merged[0][0], t.task.X, t.task.Y, device="cpu")
-    return land, [m[1] for m in merged]
+    _spec, land, starts = t.merged(layer, t.pair_sets(layer, order))
+    return land, starts
 
 
 def _same_result(a, b, scale: float) -> None:
