@@ -9,11 +9,14 @@ from .mlp import forward
 
 
 def loss_fn(landscape):
-    """theta -> loss as a pure torch function (differentiable by torch.func)."""
+    """theta -> loss (with the landscape's penalty, if any) as a pure torch function (differentiable by torch.func)."""
     spec = landscape.spec
 
+    c = getattr(landscape, "penalty", None)
+
     def f(theta: Tensor) -> Tensor:
-        return landscape.loss_from_output(forward(spec, theta, landscape.X))
+        loss = landscape.loss_from_output(forward(spec, theta, landscape.X))
+        return loss if c is None else loss + 0.5 * (c * theta * theta).sum()
 
     return f
 

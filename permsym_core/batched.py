@@ -5,12 +5,14 @@ by one batched forward pass and one batched backpropagation: the same formulas a
 permsym_core.landscape.Landscape.loss_grad with a leading batch dimension (torch.bmm/baddbmm), so M images
 of a string, or the points of a line, cost a handful of batched kernels instead of M sequential passes.
 The work tensors are (M, N, n_k) per layer; `batched_loss_grad` splits M into chunks that keep each under
-CHUNK_ELEMS entries.
+CHUNK_ELEMS entries. A landscape's L2 penalty (Landscape.penalty) is added to every member.
 """
 from __future__ import annotations
 
 import torch
 from torch import Tensor
+
+from .penalty import penalty_value_grad
 
 CHUNK_ELEMS = 1 << 24          # 16 M float64 (128 MB) per (M, N, width) work tensor
 
@@ -86,7 +88,11 @@ def batched_loss_grad(landscape, thetas: Tensor) -> tuple[Tensor, Tensor]:
     parts = [_loss_grad_chunk(landscape, thetas[a:a + step], True) for a in range(0, thetas.shape[0], step)]
     if not parts:
         return thetas.new_zeros(0), thetas.new_zeros(0, landscape.n_params)
-    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+    losses, grads = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+    if landscape.penalty is not None:
+        value, pgrad = penalty_value_grad(landscape.penalty, thetas)
+        losses, grads = losses + value, grads + pgrad
+    return losses, grads
 
 
 def batched_loss(landscape, thetas: Tensor) -> Tensor:
@@ -94,7 +100,10 @@ def batched_loss(landscape, thetas: Tensor) -> Tensor:
     thetas = landscape.as_theta(thetas)
     step = _chunk(landscape, max(thetas.shape[0], 1))
     parts = [_loss_grad_chunk(landscape, thetas[a:a + step], False)[0] for a in range(0, thetas.shape[0], step)]
-    return torch.cat(parts) if parts else thetas.new_zeros(0)
+    losses = torch.cat(parts) if parts else thetas.new_zeros(0)
+    if landscape.penalty is not None and parts:
+        losses = losses + penalty_value_grad(landscape.penalty, thetas)[0]
+    return losses
 
 
 def _param_index(spec, k: int, device) -> tuple[Tensor, Tensor]:
@@ -164,4 +173,7 @@ def batched_hessians(landscape, thetas: Tensor) -> Tensor:
     per = landscape.N * landscape.spec.widths[-1] * P + P * P
     step = max(1, min(max(M, 1), CHUNK_ELEMS // max(per, 1)))
     parts = [_hessians_one_hidden(landscape, thetas[a:a + step]) for a in range(0, M, step)]
-    return torch.cat(parts) if parts else thetas.new_zeros(0, P, P)
+    H = torch.cat(parts) if parts else thetas.new_zeros(0, P, P)
+    if landscape.penalty is not None:
+        H.diagonal(dim1=1, dim2=2).add_(landscape.penalty)
+    return H
