@@ -31,26 +31,31 @@ from torch import Tensor
 from . import surgery
 from .landscape import Landscape
 from .mlp import MLPSpec
+from .penalty import merged_multiplicities
 
 SAME_LOSS_RTOL = 1e-9
 ZERO_LOSS_RTOL = 1e-12
 COINCIDENT_RTOL = 1e-6
 DEDUP_PARAM_RTOL = 1e-6      # canonical forms closer than this x max(1, |theta|_inf) after alignment are one point
 MAX_REDUCTIONS = 16
+# under a weight decay F's critical points are isolated (the penalty lifts every continuum of duplicated, silent
+# or antiparallel neurons), so a reducible point is an exact embedding: only candidates this close are re-minimised
+PENALISED_NEAR_RTOL = 1e-3
 # sigma(-z) = c - sigma(z): flipping a neuron, (w, a) -> (-w, -a), adds the constant c a to the next layer
 REFLECTION = {"sigmoid": 1.0, "tanh": 0.0}
 
 
-def orient(spec: MLPSpec, theta: Tensor) -> Tensor:
+def orient(spec: MLPSpec, theta: Tensor, penalised: bool = False) -> Tensor:
     """theta with every hidden neuron in a canonical sign, where the activation allows it exactly.
 
     For sigma(-z) = c - sigma(z) (sigmoid: c = 1, tanh: c = 0) the flip (w, a) -> (-w, -a) of a neuron of
     layer k changes the next layer's input by the constant c a, absorbed exactly into layer k+1's bias when it
     has one; without a bias the flips of a layer are applied only when their constants cancel (to round-off).
     A neuron is oriented so that its incoming vector's largest-magnitude entry is positive. Other activations:
-    theta unchanged. The result is the same function, with a Hessian orthogonally similar to theta's."""
+    theta unchanged. The result is the same function, with a Hessian orthogonally similar to theta's.
+    `penalised` (an L2 penalty on the weights): only flips that leave the penalty unchanged (tanh, c = 0)."""
     c = REFLECTION.get(spec.activation)
-    if c is None:
+    if c is None or (penalised and c != 0.0):
         return theta
     th = theta.clone()
     layers = spec.views(th)
@@ -114,8 +119,9 @@ class Canonical:
 
 
 def _candidates(spec: MLPSpec, theta: Tensor, landscape: Landscape, layer: int):
-    """(label, smaller spec, start point, structural distance relative to the weights' scale) of the layer's
-    closest pair merged and its weakest neuron dropped."""
+    """(label, smaller spec, start point, structural distance relative to the weights' scale, the smaller
+    network's multiplicities) of the layer's closest pair merged, its weakest neuron dropped and (sigmoid,
+    tanh) its closest antiparallel pair merged."""
     n = spec.widths[layer]
     scale = max(1.0, float(theta.abs().max()))
     W = surgery.incoming(spec, theta, layer)
@@ -125,7 +131,9 @@ def _candidates(spec: MLPSpec, theta: Tensor, landscape: Landscape, layer: int):
     dist = float(d[i, j]) / scale
     red_spec, red0, _ = surgery.merge(spec, theta, layer, [(i, j)])
     kind = "coincident" if dist <= COINCIDENT_RTOL else "merge"
-    yield f"{kind} L{layer} ({i},{j})", red_spec, red0, dist
+    mult = landscape.multiplicities
+    yield (f"{kind} L{layer} ({i},{j})", red_spec, red0, dist,
+           merged_multiplicities(spec, layer, [(i, j)], mult))
     h = landscape.forward(theta).hs[layer][:, :]                     # (N, n_k): the layer's activations
     contrib = surgery.outgoing(spec, theta, layer).norm(dim=0) * h.pow(2).mean(0).sqrt()
     m = int(torch.argmin(contrib))
@@ -133,9 +141,13 @@ def _candidates(spec: MLPSpec, theta: Tensor, landscape: Landscape, layer: int):
     keep = [p for p in range(n) if p != m]
     drop_spec, drop0 = surgery.expand(spec, theta, layer, keep, [1.0] * len(keep))
     kind = "silent" if rel <= COINCIDENT_RTOL else "drop"
-    yield f"{kind} L{layer} {m}", drop_spec, drop0, rel
-    if spec.activation in REFLECTION:
-        yield from _antiparallel(spec, theta, layer, W, scale)
+    dropped = {k: list(v) for k, v in mult.items()}
+    if layer in dropped:
+        dropped[layer] = [x for p, x in enumerate(dropped[layer]) if p != m]
+    yield f"{kind} L{layer} {m}", drop_spec, drop0, rel, dropped
+    if spec.activation in REFLECTION and (landscape.penalty is None or REFLECTION[spec.activation] == 0.0):
+        for label, small_spec, start, dist_a, (i_a, j_a) in _antiparallel(spec, theta, layer, W, scale):
+            yield label, small_spec, start, dist_a, merged_multiplicities(spec, layer, [(i_a, j_a)], mult)
 
 
 def _antiparallel(spec: MLPSpec, theta: Tensor, layer: int, W: Tensor, scale: float):
@@ -171,7 +183,7 @@ def _antiparallel(spec: MLPSpec, theta: Tensor, layer: int, W: Tensor, scale: fl
                 label += f" flip {m}"
     keep = [p for p in range(n) if p != j]
     small_spec, start = surgery.expand(spec, th, layer, keep, [1.0] * len(keep))
-    yield label, small_spec, start, dist
+    yield label, small_spec, start, dist, (i, j)
 
 
 Minimiser = Callable[[Landscape, Tensor], "object"]   # returns an object with theta, loss, converged
@@ -180,9 +192,14 @@ Minimiser = Callable[[Landscape, Tensor], "object"]   # returns an object with t
 def canonicalise(landscape: Landscape, theta: Tensor, loss: float, minimise: Minimiser) -> Canonical:
     """Reduce a critical point of `landscape` until nothing applies; see the module docstring.
 
-    `minimise(smaller_landscape, start)` re-minimises a candidate (it must certify its own result)."""
+    `minimise(smaller_landscape, start)` re-minimises a candidate (it must certify its own result). Under a
+    weight decay (landscape.penalty) a candidate farther than PENALISED_NEAR_RTOL is not tried: the penalised
+    loss has no continua, so only an exact embedding (a coincident pair, a zero neuron) is reducible, and at a
+    polished point (|grad| ~ 1e-16, curvature >= lambda) its distance is far below that."""
     scale = zero_loss_scale(landscape)
-    spec, th, cur_loss, land = landscape.spec, orient(landscape.spec, landscape.as_theta(theta)), float(loss), landscape
+    pen = landscape.penalty is not None
+    spec, th, cur_loss, land = (landscape.spec, orient(landscape.spec, landscape.as_theta(theta), pen), float(loss),
+                                landscape)
     reasons: list[str] = []
     steps: list[dict] = []
     undetermined: list[str] = []
@@ -191,9 +208,11 @@ def canonicalise(landscape: Landscape, theta: Tensor, loss: float, minimise: Min
         for layer in range(1, spec.depth):
             if spec.widths[layer] < 2:
                 continue
-            for label, small_spec, start, dist in _candidates(spec, th, land, layer):
-                small = Landscape(small_spec, land.X, land.Y if spec.output == "regression" else land.labels,
-                                  device=land.device)
+            for label, small_spec, start, dist, mult in _candidates(spec, th, land, layer):
+                if pen and dist > PENALISED_NEAR_RTOL:
+                    steps.append({"candidate": label, "distance": dist, "skipped": "not near (weight decay)"})
+                    continue
+                small = land.smaller(small_spec, mult)
                 res = minimise(small, start)
                 ok = bool(res.converged) and same_loss(res.loss, cur_loss, scale)
                 steps.append({"candidate": label, "distance": dist, "loss_before": cur_loss, "loss_after": res.loss,
@@ -203,7 +222,7 @@ def canonicalise(landscape: Landscape, theta: Tensor, loss: float, minimise: Min
                                         f"{res.loss:.6g} <= {cur_loss:.6g})")
                 if ok:
                     reasons.append(label if label.split()[0] in ("coincident", "silent") else label + " same loss")
-                    spec, th, cur_loss, land = small_spec, orient(small_spec, res.theta), float(res.loss), small
+                    spec, th, cur_loss, land = small_spec, orient(small_spec, res.theta, pen), float(res.loss), small
                     reduced = True
                     break
             if reduced:

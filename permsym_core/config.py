@@ -45,6 +45,7 @@ class TrialConfig:
     save_params: bool = False
     device: str = "auto"                 # "auto" (CUDA when there) | "cpu" | "cuda"; not part of the trial key
     dense_max_params: int | None = None  # dense/iterative threshold: None = what free memory allows (see README)
+    weight_decay: float = 0.0            # L2 penalty lambda on every parameter (permsym_core.penalty); 0: none
     batch_reduced: str = "auto"          # merged networks of a (layer, order) minimised in lock step: "auto" |
     #                                      "on" | "off" (see batches_reduced); not part of the trial key
 
@@ -89,6 +90,10 @@ class TrialConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 fail(name, "an integer >= 0", v)
+        wd = self.weight_decay
+        if isinstance(wd, bool) or not isinstance(wd, (int, float)) or not 0 <= wd < float("inf"):
+            fail("weight_decay", "a finite number >= 0", wd)
+        object.__setattr__(self, "weight_decay", float(wd))
         if self.path_points < 3 or isinstance(self.path_points, bool):
             fail("path_points", "an integer >= 3", self.path_points)
         if self.time_limit_s is not None and not (isinstance(self.time_limit_s, (int, float)) and self.time_limit_s > 0):
@@ -98,6 +103,9 @@ class TrialConfig:
             fail("device", f"one of {', '.join(DEVICES)}", self.device)
         if self.batch_reduced not in BATCHING:
             fail("batch_reduced", f"one of {', '.join(BATCHING)}", self.batch_reduced)
+        if self.batch_reduced == "on" and self.weight_decay > 0:
+            fail("batch_reduced", "'auto' or 'off' with a weight_decay (each merged network has its own penalty "
+                 "coefficients)", self.batch_reduced)
         if self.batch_reduced == "on" and self.time_limit_s is not None:
             fail("batch_reduced", "'auto' or 'off' with a time_limit_s (in lock step the members would share one "
                  "clock)", self.batch_reduced)
@@ -124,7 +132,7 @@ class TrialConfig:
         ConfigError); "off" never."""
         if self.batch_reduced != "auto":
             return self.batch_reduced == "on"
-        return self.time_limit_s is None and self.torch_device().type == "cuda"
+        return self.time_limit_s is None and self.weight_decay == 0 and self.torch_device().type == "cuda"
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrialConfig":
@@ -146,6 +154,8 @@ class TrialConfig:
             del d["max_pair_sets"]
         if d["batch_reduced"] == "auto":          # the default, left out: records readable by code without it
             del d["batch_reduced"]
+        if d["weight_decay"] == 0:                # the default (no penalty), left out: trial keys unchanged
+            del d["weight_decay"]
         d["widths"] = list(self.widths)
         d["orders"] = list(self.orders)
         return d

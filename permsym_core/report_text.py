@@ -14,6 +14,9 @@ def format_record(r: dict) -> str:
         f"minimum: loss {_f(m['loss'], '.6e')}, |grad|_inf {_f(m['grad_inf'])}, converged {m['converged']}, "
         f"index {_f(m['index'], 'd')}, n_zero {_f(m['n_zero'], 'd')}",
     ]
+    if r.get("penalty"):
+        lines.append(f"penalty: weight_decay {r['penalty']['weight_decay']:g} (L2 on every parameter; losses below "
+                     f"include it, permsym_core.penalty); the minimum's data loss is {_f(m.get('data_loss'), '.6e')}")
     if r.get("failure"):
         lines.append(f"FAILED: {r['failure']}")
         return "\n".join(lines)
@@ -30,7 +33,7 @@ def format_record(r: dict) -> str:
         lines.append(f"  {p['layer']:>5} {p['order']:>2} {p['reduced_id']:>3} {str(p['neurons']):>8} "
                      f"{_f(p['grad_inf']):>8} {str(p['critical']):>5} {p['index']:>5} {p['n_zero']:>6} "
                      f"{_f(p['tau']):>8} {_f(p['gap']):>8} {str(p['ambiguous']):>5} {_f(p['fa_index'], 'd'):>3} "
-                     f"{p['plateau_dim']:>7}  {low}")
+                     f"{_f(p['plateau_dim'], 'd'):>7}  {low}")
     if r["paths"]:
         lines.append("paths theta* -> permutation point -> P_ij theta*:")
         for p in r["paths"]:

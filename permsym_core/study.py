@@ -25,6 +25,7 @@ from .minimize import dense_second_order, minimise
 from .minimise_batched import minimise_many
 from .batched import batched_loss_grad
 from .mlp import MLPSpec, params_to_json
+from .penalty import PENALTY_FORM, merged_multiplicities
 from .permutation import (GAMMA_GRID, c_spectrum, fa_matrix, fa_prediction, negative_lower_bound, plateau_check,
                           predicted_index, split_eigenvalues)
 from .points import analyse_point
@@ -72,6 +73,7 @@ class _Reduced:
     landscape: Landscape
     newton_step: torch.Tensor | None = None      # the Newton correction left at theta (see certify.polish)
     canonical: Canonical | None = None
+    split: tuple[int, ...] = ()                  # under a weight decay: the merged neurons, the only ones to split
 
 
 class _Trial:
@@ -83,7 +85,9 @@ class _Trial:
         bias = self.task.default_bias if cfg.bias is None else cfg.bias
         self.spec = MLPSpec((self.task.n_in, *cfg.widths, self.task.n_out), cfg.activation, bias,
                             self.task.output)
-        self.landscape = Landscape(self.spec, self.task.X, self.task.Y, device=cfg.torch_device())
+        self.landscape = Landscape(self.spec, self.task.X, self.task.Y, device=cfg.torch_device(),
+                                   weight_decay=cfg.weight_decay)
+        self.penalised = cfg.weight_decay > 0
         self.loss_scale = zero_loss_scale(self.landscape)
         self.reduced: list[dict] = []
         self.state: list[_Reduced] = []
@@ -120,6 +124,8 @@ class _Trial:
             ana = analyse_point(self.landscape, pol.theta, pol.grad_inf, pol.hessian,
                                 theta_next=pol.theta + pol.newton_step)
             minimum.update(loss=pol.loss, grad_inf=pol.grad_inf, polish=pol.info(), **ana.fields())
+            if self.penalised:
+                minimum["data_loss"] = self.landscape.data_loss(pol.theta)
             minimum["is_minimum"] = ana.report.index == 0
             if self.cfg.save_params:
                 minimum["params"] = params_to_json(self.spec, pol.theta)
@@ -139,8 +145,17 @@ class _Trial:
         if not merged:
             return None, None, []
         red_spec = merged[0][0]
-        return (red_spec, Landscape(red_spec, self.task.X, self.task.Y, device=self.landscape.device),
-                [red0 for _spec, red0 in merged])
+        return red_spec, self.landscape.smaller(red_spec), [red0 for _spec, red0 in merged]
+
+    def member(self, red_land: Landscape, layer: int, pair_set) -> tuple[Landscape, tuple[int, ...]]:
+        """The landscape one merged network is minimised on, and its merged neurons: the shared one without a
+        weight decay; with one, the penalty whose coefficients make the pair set's split exact
+        (permsym_core.penalty: a merged neuron stands for 2 copies)."""
+        if not self.penalised:
+            return red_land, ()
+        mult = merged_multiplicities(self.spec, layer, pair_set)
+        return (self.landscape.smaller(red_land.spec, mult),
+                tuple(p for p, m in enumerate(mult[layer]) if m > 1))
 
     def reduce(self, layer: int, order: int) -> None:
         t0 = time.perf_counter()
@@ -155,12 +170,13 @@ class _Trial:
             batched = minimise_many(red_land, starts, **_minimise_options(self.cfg))
         for n_done, pair_set in enumerate(pair_sets):
             self.phase(f"reduced L{layer}K{order}", n_done, len(pair_sets))
-            res = _minimise(red_land, starts[n_done], self.cfg) if batched is None else batched[n_done]
+            land, split = self.member(red_land, layer, pair_set)
+            res = _minimise(land, starts[n_done], self.cfg) if batched is None else batched[n_done]
             theta, loss, grad_inf, pol = res.theta, res.loss, res.grad_inf, None
             if res.converged:
-                pol = self._polished(red_land, res.theta)
+                pol = self._polished(land, res.theta)
                 theta, loss, grad_inf = pol.theta, pol.loss, pol.grad_inf
-                if order == 1:
+                if order == 1 and not self.penalised:
                     self.pair_points[(layer, pair_set[0])] = surgery.unmerge(red_spec, theta, layer, pair_set[0])[1]
             rid = self._find_same_raw(layer, order, red_spec, theta, loss) if res.converged else None
             if rid is not None:
@@ -174,12 +190,15 @@ class _Trial:
                     "channel": res.info.get("channel")}
             if pol is not None:
                 item["polish"] = pol.info()
+            if self.penalised:
+                item.update(data_loss=land.data_loss(theta), split_neurons=list(split))
             if self.cfg.save_params:
                 item["params"] = params_to_json(red_spec, theta)
             self.reduced.append(item)
-            self.state.append(_Reduced(red_spec, theta, red_land, newton_step=None if pol is None else pol.newton_step))
+            self.state.append(_Reduced(red_spec, theta, land, newton_step=None if pol is None else pol.newton_step,
+                                       split=split))
             if pol is not None:
-                item.update(analyse_point(red_land, theta, grad_inf, pol.hessian, check_escape=False,
+                item.update(analyse_point(land, theta, grad_inf, pol.hessian, check_escape=False,
                                           theta_next=theta + pol.newton_step).fields())
         self._tick("reduced", t0)
         t0 = time.perf_counter()
@@ -192,9 +211,9 @@ class _Trial:
                 continue
             if not same_loss(item["loss"], loss, self.loss_scale):
                 continue
-            other = orient(red_spec, self.state[rid].theta)
+            other = orient(red_spec, self.state[rid].theta, self.penalised)
             tol = DEDUP_PARAM_RTOL * max(1.0, float(theta.abs().max()))
-            if surgery.distance_up_to_permutation(red_spec, other, orient(red_spec, theta)) <= tol:
+            if surgery.distance_up_to_permutation(red_spec, other, orient(red_spec, theta, self.penalised)) <= tol:
                 return rid
         return None
 
@@ -234,18 +253,22 @@ class _Trial:
         scan_before = self.timings.get("gamma_scan", 0.0)
         plateau_unit = self.spec.widths[layer + 1]
         log10_mult = theory.log10_point_multiplicity(self.spec.hidden, layer, order)
-        scan = self.cfg.gamma_scan if self.cfg.gamma_scan is not None else True
+        scan = (self.cfg.gamma_scan if self.cfg.gamma_scan is not None else True) and not self.penalised
         todo = [rid for rid, item in enumerate(self.reduced)
                 if item["layer"] == layer and item["order"] == order and item["converged"]]
         for n_done, rid in enumerate(todo):
             item, st = self.reduced[rid], self.state[rid]
             self.phase(f"points L{layer}K{order}", n_done, len(todo))
             n_red = st.spec.widths[layer]
-            block_eigs = {m: split_eigenvalues(st.landscape, st.theta, layer, m) for m in range(n_red)}
+            # under a weight decay only the merged neurons split into a critical point, and the split block
+            # gains the penalty's Hessian, lambda I on its orthonormal antisymmetric directions (shift)
+            split = st.split if self.penalised else range(n_red)
+            block_eigs = {m: split_eigenvalues(st.landscape, st.theta, layer, m) + self.cfg.weight_decay
+                          for m in split}
             B_eigs = ({m: np.linalg.eigvalsh(fa_matrix(st.landscape, st.theta, layer, m)) for m in range(n_red)}
-                      if plateau_unit == 1 else {})
-            ranks = {m: c_spectrum(st.landscape, st.theta, layer, m) for m in range(n_red)}
-            combos = list(combinations(range(n_red), order))
+                      if plateau_unit == 1 and not self.penalised else {})
+            ranks = {m: c_spectrum(st.landscape, st.theta, layer, m) for m in split}
+            combos = [st.split] if self.penalised else list(combinations(range(n_red), order))
             for neurons, measured in zip(combos, self._measure_points(layer, st, combos)):
                 self.points.append(self._point(layer, order, rid, item, st, neurons, plateau_unit, log10_mult,
                                                block_eigs, B_eigs, ranks, measured))
@@ -273,8 +296,10 @@ class _Trial:
         theta_p, loss_p, grad_inf, ana = measured
         rep = ana.report
         plateau_dim = order * plateau_unit
+        shift = self.cfg.weight_decay       # see build_points
         point = {
             "layer": layer, "order": order, "reduced_id": rid, "neurons": list(neurons), "gamma": 0.5,
+            "n_next": plateau_unit,     # n_{k+1}: the units this layer feeds
             "reducible": bool(item["reducible"]),
             "reducibility_undetermined": bool(item.get("reducibility_undetermined")),
             "loss": loss_p, "loss_rel_diff": abs(loss_p - item["loss"]) / max(abs(item["loss"]), 1e-300),
@@ -283,18 +308,24 @@ class _Trial:
             **ana.fields(),
             "reduced_index": item["index"],
             "index_predicted": predicted_index([block_eigs[m] for m in neurons], item["index"], rep.tau),
-            "index_lower_bound": int(item["index"] + sum(negative_lower_bound(*ranks[m], rep.tau) for m in neurons)),
+            # S + lambda I has an eigenvalue below -tau where S has one below -(tau + lambda)
+            "index_lower_bound": int(item["index"] + sum(negative_lower_bound(*ranks[m], rep.tau + shift)
+                                                         for m in neurons)),
             "block_eigenvalues": [block_eigs[m].tolist() for m in neurons],
             "embedding_ok": bool(rep.index >= item["index"] and rep.n_pos >= item["n_pos"]),
             "plateau_dim": plateau_dim,
             "claim_zero_holds": rep.n_zero >= plateau_dim,
             "claim_guaranteed_holds": rep.index + rep.n_zero >= plateau_dim,
             "fa_index": (fa_prediction([B_eigs[m] for m in neurons], 0.5, item["index"], rep.tau)
-                         if plateau_unit == 1 else None),
+                         if plateau_unit == 1 and B_eigs else None),
             "fa_eigenvalues": [B_eigs[m].tolist() for m in neurons] if B_eigs else None,
-            "plateau": plateau_check(self.landscape, st.spec, st.theta, layer, neurons, seed=self.cfg.seed),
+            "plateau": (plateau_check(self.landscape, st.spec, st.theta, layer, neurons, seed=self.cfg.seed)
+                        if not self.penalised else None),
             "log10_multiplicity": log10_mult,
         }
+        if self.penalised:
+            point.update(data_loss=self.landscape.data_loss(theta_p), plateau_dim=None, claim_zero_holds=None,
+                         claim_guaranteed_holds=None)
         if self.cfg.save_params:
             point["params"] = params_to_json(self.spec, theta_p)
         return point
@@ -351,6 +382,8 @@ def run_trial(config: TrialConfig | dict, on_phase: PhaseCallback | None = None)
         "device": str(trial.landscape.device),
         "log10_minima": theory.log10_minima(spec.hidden),
     }
+    if trial.penalised:
+        record["penalty"] = {"weight_decay": cfg.weight_decay, "form": PENALTY_FORM}
     trial.phase = phase
     phase("minimum", 0, 1)
     minimum = trial.train_minimum()
@@ -367,9 +400,10 @@ def run_trial(config: TrialConfig | dict, on_phase: PhaseCallback | None = None)
                     continue                # C(n_k - K, K) = 0: no K-th order point in this layer
                 trial.reduce(layer, order)
                 trial.build_points(layer, order)
-        trial.trace_paths()
-        phase("valleys", 0, 1)
-        trial.build_valleys()
+        if not trial.penalised:     # equal-loss paths and valleys: the penalty lifts them (permsym_core.penalty)
+            trial.trace_paths()
+            phase("valleys", 0, 1)
+            trial.build_valleys()
         record["counts"] = trial.counts()
     else:
         record["failure"] = (f"minimum not converged: {minimum['stop_reason']} "

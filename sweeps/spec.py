@@ -130,6 +130,7 @@ class Grid(_Model):
     adam_steps: _values(NonNegInt) = None
     lr: _values(PosFloat, _numbers_list) = None
     init_scale: _values(PosFloat, _numbers_list) = None
+    weight_decay: _values(Annotated[float, Field(ge=0.0, allow_inf_nan=False)], _numbers_list) = None
     time_limit_s: _values(Optional[PosFloat], _numbers_list) = None
     gamma_scan: _values(Optional[bool]) = None
     path_relax: _values(bool) = None
