@@ -33,7 +33,7 @@ from .summary import SUMMARY_DOC, _log10_mean, _log10_sum, layer_orders, summari
 
 TUPLE_PARAMS = ("widths", "orders")
 INT_PARAMS = ("seed", "max_iter", "adam_steps", "path_points")
-FLOAT_PARAMS = ("grad_tol", "lr", "init_scale", "time_limit_s")
+FLOAT_PARAMS = ("grad_tol", "lr", "init_scale", "time_limit_s", "weight_decay")
 BOOL_PARAMS = ("bias", "gamma_scan", "path_relax", "save_params")
 STR_PARAMS = ("task", "activation", "pairs")
 ARCH_COLUMNS = ("sweep", "task", "activation", "widths", "depth", "seed", "orders")
@@ -211,6 +211,8 @@ def runs(sweep: str | None = None, experiment: str | None = None, tracking_uri: 
     for c in ("seed", "depth"):
         if c in df.columns and df[c].notna().all():
             df[c] = df[c].astype(int)
+    if "weight_decay" in df.columns:                # a trial without the param has no penalty
+        df["weight_decay"] = df["weight_decay"].astype(float).fillna(0.0)
     return df.reset_index(drop=True)
 
 
@@ -260,7 +262,7 @@ def _points_for(uri: str, rdf: pd.DataFrame, cache: bool = True) -> pd.DataFrame
         return pdf
     arch = [c for c in ("run_id", *ARCH_COLUMNS, "trial_key") if c in rdf.columns]
     pdf = pdf.merge(rdf[arch], on="run_id", how="left")
-    for c in ("layer", "order", "reduced_id", "index", "n_zero", "n_pos", "plateau_dim", "fa_index",
+    for c in ("layer", "order", "reduced_id", "index", "n_zero", "n_pos", "plateau_dim", "n_next", "fa_index",
               "index_predicted", "reduced_index", "index_lower_bound"):
         if c in pdf.columns:
             pdf[c] = pd.to_numeric(pdf[c]).astype("Int64")

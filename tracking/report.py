@@ -4,7 +4,8 @@ with the same report as one self-contained HTML page (tracking.report_html).
 Figures (in the report folder):
 - counts_vs_width.png: empirical counts (all saddles, first-order saddles) and the lower bound against
   width, log scale, one panel per depth (rows: orders K), summed over the hidden layers;
-- index_hist.png: the Hessian index of the critical permutation points, one panel per hidden layer;
+- index_hist.png: the Hessian index of the critical permutation points, one panel per hidden layer, n_{k+1}
+  marked (tracking.report_index, which also writes the per-layer index table);
 - nzero_vs_plateau.png: n_zero against n_{k+1} (the abstract's claim holds on or above the diagonal);
 - barrier_vs_width.png: the path barriers against width;
 - gamma_line_<i>.png: the gamma-line of a few trials (when recorded);
@@ -23,6 +24,7 @@ import pandas as pd
 from . import query as _query
 from . import runs as _runs
 from .figures import gamma_line_figure, new_figure, save_png
+from .report_index import INDEX_PARAGRAPH, index_by_layer, index_hist_figure
 from .report_valleys import VALLEY_PARAGRAPH, valley_figures
 
 MARKERS = "osD^v<>ph*"
@@ -100,45 +102,11 @@ def counts_vs_width_figure(summ: pd.DataFrame):
     return fig
 
 
-def index_hist_figure(pts: pd.DataFrame):
-    if pts.empty:
-        return None
-    crit = pts[pts["critical"].fillna(False)]
-    if "reducible" in crit:
-        crit = crit[~crit["reducible"].fillna(False).astype(bool)]
-    if crit.empty:
-        return None
-    layers = sorted(int(x) for x in crit["layer"].unique())
-    orders = sorted(int(x) for x in crit["order"].unique())
-    fig = new_figure(4.2 * len(layers) + 0.5, 3.6)
-    axes = np.atleast_1d(fig.subplots(1, len(layers), squeeze=False)).ravel()
-    cols = _colors(len(orders))
-    for ax, layer in zip(axes, layers):
-        sub = crit[crit["layer"] == layer]
-        vmax = int(sub["index"].max()) if len(sub) else 0
-        bins = np.arange(0, vmax + 1)
-        width = 0.8 / len(orders)
-        for k, K in enumerate(orders):
-            idx = sub[sub["order"] == K]["index"].astype(int)
-            counts = np.array([(idx == b).sum() for b in bins])
-            ax.bar(bins + (k - (len(orders) - 1) / 2) * width, counts, width=width, color=cols[k],
-                   label=f"K={K} (n={len(idx)})")
-        ax.set_xticks(bins)
-        ax.set_xlabel("Hessian index (# eigenvalues < -tau)")
-        ax.set_ylabel("critical permutation points")
-        ax.yaxis.get_major_locator().set_params(integer=True)
-        ax.set_title(f"hidden layer {layer}", fontsize=10)
-        ax.grid(alpha=0.3, axis="y")
-        ax.legend(fontsize=8)
-    fig.suptitle("Index of the permutation points of irreducible reduced points, all trials\n"
-                 "(index 1: first-order saddle)", fontsize=11)
-    return fig
-
-
 def nzero_figure(pts: pd.DataFrame):
     if pts.empty:
         return None
     crit = pts[pts["critical"].fillna(False)]
+    crit = crit[crit["plateau_dim"].notna()]        # no plateau under a weight decay (permsym_core.penalty)
     if crit.empty:
         return None
     fig = new_figure(5.4, 4.6)
@@ -301,7 +269,8 @@ def write_report(out_dir, sweep: str | None = None, tracking_uri: str | None = N
     if summ.empty:
         lines += ["No converged trials with permutation points.", ""]
     else:
-        lines.append(markdown_table(summ, ["task", "activation", "widths", "layer", "order", "n_seeds",
+        by_cols = ["task", "activation", "widths"] + (["weight_decay"] if "weight_decay" in summ else [])
+        lines.append(markdown_table(summ, [*by_cols, "layer", "order", "n_seeds",
                                            "n_reduced_irreducible", "n_reducible", "log10_bound", "log10_critical",
                                            "log10_saddle", "log10_first_order", "log10_ratio_critical",
                                            "log10_ratio_saddle", "reduced_index_dist", "point_index_dist",
@@ -315,14 +284,19 @@ def write_report(out_dir, sweep: str | None = None, tracking_uri: str | None = N
                 why = (f" ({n_irr:.3g} distinct irreducible reduced point(s) per seed"
                        + (f", {n_red:.3g} reducible ones counted apart" if isinstance(n_red, float)
                           and math.isfinite(n_red) and n_red > 0 else "") + ")")
-            lines.append(f"- {r['task']}/{r['activation']} widths {_fmt(r['widths'])}, layer {r['layer']}, "
+            wd = f" weight_decay {r['weight_decay']:g}" if "weight_decay" in summ and r["weight_decay"] > 0 else ""
+            lines.append(f"- {r['task']}/{r['activation']} widths {_fmt(r['widths'])}{wd}, layer {r['layer']}, "
                          f"K={r['order']}: {_verdict(r)}{why}; n_zero >= n_(k+1) at "
                          f"{_percent(r['frac_claim_zero'])} of points; {r['n_seeds']} seed(s).")
         lines.append("")
         lines += ["<details><summary>Column definitions</summary>", "", "```", _query.SUMMARY_DOC, "```",
                   "", "</details>", ""]
+    by_layer = index_by_layer(pts)
+    if not by_layer.empty:
+        lines += ["## Index per hidden layer against n_(k+1)", "", INDEX_PARAGRAPH, "",
+                  markdown_table(by_layer, list(by_layer.columns)), ""]
     captions = {"counts_vs_width.png": "Counts and the bound against width (one panel per depth).",
-                "index_hist.png": "Index histogram per hidden layer.",
+                "index_hist.png": "Index histogram per hidden layer (dashed: n_(k+1)).",
                 "nzero_vs_plateau.png": "n_zero against n_{k+1}.",
                 "barrier_vs_width.png": "Path barriers against width."}
     lines += ["## Figures", ""]

@@ -97,8 +97,11 @@ def _outcomes(rdf: pd.DataFrame, by: list) -> dict[tuple, dict]:
 
 def summarise(rdf: pd.DataFrame, pdf: pd.DataFrame, by: Sequence[str] = ("task", "activation", "widths")
               ) -> pd.DataFrame:
-    """The summary of already-loaded runs (converged rows are used) and points; see SUMMARY_DOC."""
+    """The summary of already-loaded runs (converged rows are used) and points; see SUMMARY_DOC. Trials with
+    different weight decays are different landscapes: where any trial has one, weight_decay joins `by`."""
     by = list(by)
+    if "weight_decay" in rdf.columns and "weight_decay" not in by and (rdf["weight_decay"].fillna(0) > 0).any():
+        by.append("weight_decay")
     cols = by + ["layer", "order", "n_seeds", "seeds", "log10_minima", "log10_bound", "log10_critical",
                  "log10_saddle", "log10_first_order", "log10_ratio_critical", "log10_ratio_saddle",
                  "log10_ratio_first_order", "n_found", "n_critical", "n_saddle", "n_first_order",

@@ -1,0 +1,46 @@
+"""The per-layer index table against n_{k+1} (tracking.report_index) and the summary's weight-decay groups,
+on hand-built points and runs whose answers are counted by hand."""
+import pandas as pd
+
+from tracking.query import summarise
+from tracking.report_index import index_by_layer, index_hist_figure
+
+
+def _pt(layer, index, n_next, critical=True, reducible=False, undetermined=False, order=1):
+    return dict(task="mnist", activation="tanh", widths=(8, 6), layer=layer, order=order, index=index,
+                n_next=n_next, plateau_dim=order * n_next, critical=critical, reducible=reducible,
+                reducibility_undetermined=undetermined, run_id="r")
+
+
+def test_index_table_per_layer_counts_only_critical_irreducible_points():
+    pts = pd.DataFrame([_pt(1, 5, 6), _pt(1, 6, 6), _pt(1, 5, 6), _pt(1, 1, 6, critical=False),
+                        _pt(1, 1, 6, reducible=True), _pt(1, 1, 6, undetermined=True),
+                        _pt(2, 1, 1), _pt(2, 0, 1), _pt(2, 1, 1), _pt(2, 2, 1)])
+    t = index_by_layer(pts).set_index("layer")
+    assert t.loc[1, "n_points"] == 3 and t.loc[1, "index_dist"] == "5:2, 6:1"
+    assert (t.loc[1, "index_min"], t.loc[1, "index_max"], t.loc[1, "n_first_order"]) == (5, 6, 0)
+    assert t.loc[1, "n_next"] == 6 and not t.loc[1, "first_order_possible"]
+    assert t.loc[2, "index_dist"] == "0:1, 1:2, 2:1" and t.loc[2, "n_first_order"] == 2
+    assert t.loc[2, "first_order_possible"]
+    assert index_hist_figure(pts) is not None
+
+
+def test_index_table_reads_n_next_from_the_plateau_dimension_of_older_records():
+    pts = pd.DataFrame([_pt(1, 3, 2, order=2), _pt(1, 4, 2, order=2)]).drop(columns=["n_next"])
+    t = index_by_layer(pts)
+    assert list(t["n_next"]) == [2] and t.iloc[0]["first_order_possible"]
+    assert index_by_layer(pd.DataFrame()).empty and index_hist_figure(pd.DataFrame()) is None
+
+
+def test_summary_never_pools_trials_of_different_weight_decays():
+    """Same architecture, two seeds without a penalty and one with: two rows, each with its own seeds."""
+    base = dict(task="teacher", activation="tanh", widths=(4,), converged=True, L1_K1_log10_bound=1.0,
+                minimum_certified=1.0, minimum_channel=0.0)
+    rows = [dict(base, run_id="p0", seed=0, weight_decay=0.0, L1_K1_n_found=1.0),
+            dict(base, run_id="p1", seed=1, weight_decay=0.0, L1_K1_n_found=3.0),
+            dict(base, run_id="w0", seed=0, weight_decay=1e-5, L1_K1_n_found=6.0)]
+    out = summarise(pd.DataFrame(rows), pd.DataFrame()).set_index("weight_decay")
+    assert out.loc[0.0, "n_seeds"] == 2 and out.loc[0.0, "n_found"] == 2.0
+    assert out.loc[1e-5, "n_seeds"] == 1 and out.loc[1e-5, "n_found"] == 6.0
+    plain = summarise(pd.DataFrame(rows[:2]), pd.DataFrame())
+    assert "weight_decay" not in plain.columns or plain["weight_decay"].isna().all()
