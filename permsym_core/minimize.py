@@ -106,11 +106,13 @@ class _Run:
                 del self.history[0]
 
     def channel(self, it: int):
-        """The channel measured on the last CHANNEL_WINDOW iterations' snapshots (None: not one)."""
+        """The channel measured on the last CHANNEL_WINDOW iterations' snapshots (None: not one). Never on a
+        penalised landscape: a weight decay makes the loss coercive, so no channel to infinity exists there and a
+        slow descent is recorded as what stopped it (max_iter, time_limit)."""
         from .channels import detect_channel
 
         win = [h for h in self.history if h[0] >= it - CHANNEL_WINDOW]
-        if len(win) < 3 or not hasattr(self.land, "spec"):
+        if len(win) < 3 or not hasattr(self.land, "spec") or getattr(self.land, "penalty", None) is not None:
             return None
         try:
             ch = detect_channel(self.land, win)

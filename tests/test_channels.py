@@ -84,3 +84,15 @@ def test_toy_g_seed_1_trial_is_recorded_as_a_channel():
     assert ch["kind"] == "converging" and ch["layer"] == 1 and len(ch["neurons"]) >= 2
     assert f"neurons {ch['neurons']}" in rec["failure"]
     assert ch["growth_rate"] > 0 and 0 <= ch["loss_limit_estimate"] <= m["loss"]
+
+
+def test_a_weight_decay_closes_the_channel():
+    """The same start under a weight decay: F = L + lambda/2 |theta|^2 is coercive, so the run ends at a finite
+    certified critical point, never as a channel, with |theta| bounded by 2 F(start) / lambda."""
+    spec, plain = _derivative_task()
+    lam = 1e-3
+    land = Landscape(spec, plain.X, plain.Y, weight_decay=lam)
+    start = _on_channel(spec, 0.3)
+    res = minimise(land, start, warmup=False, max_iter=2000)
+    assert res.stop_reason == "converged" and res.grad_inf <= 1e-10 and "channel" not in res.info
+    assert float(res.theta @ res.theta) <= 2 * land.loss(start) / lam
