@@ -38,8 +38,8 @@ ZERO_LOSS_RTOL = 1e-12
 COINCIDENT_RTOL = 1e-6
 DEDUP_PARAM_RTOL = 1e-6      # canonical forms closer than this x max(1, |theta|_inf) after alignment are one point
 MAX_REDUCTIONS = 16
-# under a weight decay F's critical points are isolated (the penalty lifts every continuum of duplicated, silent
-# or antiparallel neurons), so a reducible point is an exact embedding: only candidates this close are re-minimised
+# under a weight decay the continua that duplicated, silent or antiparallel neurons give the plain loss are lifted
+# (F grows along them), so a reducible point is an exact embedding: only candidates this close are re-minimised
 PENALISED_NEAR_RTOL = 1e-3
 # sigma(-z) = c - sigma(z): flipping a neuron, (w, a) -> (-w, -a), adds the constant c a to the next layer
 REFLECTION = {"sigmoid": 1.0, "tanh": 0.0}
@@ -193,9 +193,11 @@ def canonicalise(landscape: Landscape, theta: Tensor, loss: float, minimise: Min
     """Reduce a critical point of `landscape` until nothing applies; see the module docstring.
 
     `minimise(smaller_landscape, start)` re-minimises a candidate (it must certify its own result). Under a
-    weight decay (landscape.penalty) a candidate farther than PENALISED_NEAR_RTOL is not tried: the penalised
-    loss has no continua, so only an exact embedding (a coincident pair, a zero neuron) is reducible, and at a
-    polished point (|grad| ~ 1e-16, curvature >= lambda) its distance is far below that."""
+    weight decay (landscape.penalty) a candidate farther than PENALISED_NEAR_RTOL is not tried: the penalty
+    lifts the continua along which the plain loss reduces a point at a distance (silent or antiparallel
+    neurons, a pair apart on a plateau), so only an exact embedding (a coincident pair, a zero neuron) is
+    reducible, and at a polished point (|grad| ~ 1e-16) its distance is round-off, far below that; the steps
+    record every skipped candidate with its distance."""
     scale = zero_loss_scale(landscape)
     pen = landscape.penalty is not None
     spec, th, cur_loss, land = (landscape.spec, orient(landscape.spec, landscape.as_theta(theta), pen), float(loss),

@@ -106,6 +106,9 @@ class TrialConfig:
         if self.batch_reduced == "on" and self.weight_decay > 0:
             fail("batch_reduced", "'auto' or 'off' with a weight_decay (each merged network has its own penalty "
                  "coefficients)", self.batch_reduced)
+        if self.gamma_scan and self.weight_decay > 0:
+            fail("gamma_scan", "false or null with a weight_decay (the penalty lifts the gamma-line: only gamma = 1/2 "
+                 "is critical)", self.gamma_scan)
         if self.batch_reduced == "on" and self.time_limit_s is not None:
             fail("batch_reduced", "'auto' or 'off' with a time_limit_s (in lock step the members would share one "
                  "clock)", self.batch_reduced)

@@ -15,11 +15,14 @@ with m_0 = m_d = 1 (inputs and outputs are never copied). The image of E is the 
 by the permutations that swap copies, and F is invariant under those permutations, so by the principle of
 symmetric criticality a critical point of the reduced problem with these coefficients, embedded with equal
 shares (gamma = 1/2 for a pair), is an exact critical point of the full penalised loss. A reduced network
-trained with the plain lambda everywhere is not: its split point has gradient lambda (m-1) theta on the
-copied weights. Two things change against the unpenalised landscape: the penalty makes F coercive (every
-minimisation ends at a finite critical point; there are no channels to infinity), and it lifts the
-gamma-line: a split with shares gamma, 1 - gamma other than 1/2 is not critical (F grows along the line as
-lambda |w|^2 (gamma - 1/2)^2), so each permutation point is isolated along it.
+trained with the plain lambda everywhere is not: split at gamma = 1/2 (a pair, m = 2), the gradient of the
+full F is +lambda u / 2 on each copy's incoming weights and bias u and -lambda a_c on each copy's outgoing
+weights a_c = a / 2 (tested). Two things change against the unpenalised landscape: the penalty makes F
+coercive (its sublevel sets are bounded, so no minimisation runs off along a channel to infinity; one can
+still stop at its iteration or time limit), and it lifts the gamma-line: the data loss is constant along
+it, but a split with shares gamma, 1 - gamma other than 1/2 is not critical (F grows along the line as
+lambda |a|^2 (gamma - 1/2)^2, a the merged neuron's outgoing weight vector), so each permutation point is
+isolated along it.
 """
 from __future__ import annotations
 
@@ -32,9 +35,10 @@ from .mlp import DTYPE, MLPSpec
 
 
 PENALTY_FORM = ("loss + 1/2 weight_decay sum theta^2 over every weight and bias (the recorded loss includes it, "
-                "data_loss does not); a reduced network's merged neuron, standing for m copies, has coefficient "
-                "m weight_decay on its incoming weights and bias and weight_decay / m on its outgoing weights; "
-                "points split the merged neurons only (gamma = 1/2); no gamma-line, plateau, paths or valleys")
+                "data_loss does not); in a reduced network, where neuron i of layer k stands for m_k[i] copies, "
+                "W_k[i, j] has coefficient weight_decay m_k[i] / m_(k-1)[j] and b_k[i] weight_decay m_k[i] "
+                "(m = 1 for inputs, outputs and ordinary neurons); points split the merged neurons only "
+                "(gamma = 1/2); no gamma-line, plateau, paths or valleys")
 
 
 def check_weight_decay(weight_decay: float) -> float:

@@ -114,8 +114,22 @@ def test_split_of_a_penalised_reduced_critical_point_is_exactly_critical(act, hi
     off = surgery.duplicate(red_spec, crit, layer, merged_at, 0.3)[1]
     assert float(full.grad(off).abs().max()) >= 1e-6
     naive = _reduced_critical(full.smaller(red_spec), red0)
-    wrong = surgery.duplicate(red_spec, naive, layer, merged_at, 0.5)[1]
+    big_spec, wrong = surgery.duplicate(red_spec, naive, layer, merged_at, 0.5)
     assert float(full.grad(wrong).abs().max()) >= 1e-6
+    # by hand: dL/du of each copy is half the reduced one (-lambda u), dL/da_c the reduced one (-lambda a = -2 lambda
+    # a_c), so the full gradient is +lambda u / 2 on the copies' incoming weights and bias, -lambda a_c on their
+    # outgoing weights, and 0 on every other parameter
+    copies, pos = [], 0
+    for m in range(red_spec.widths[layer]):
+        copies += [pos, pos + 1] if m in merged_at else []
+        pos += 2 if m in merged_at else 1
+    expected = torch.zeros_like(wrong)
+    (W, b), (W_next, _) = big_spec.views(wrong)[layer - 1:layer + 1]
+    (eW, eb), (eW_next, _) = big_spec.views(expected)[layer - 1:layer + 1]
+    eW[copies] = LAM / 2 * W[copies]
+    eb[copies] = LAM / 2 * b[copies]
+    eW_next[:, copies] = -LAM * W_next[:, copies]
+    assert float((full.grad(wrong) - expected).abs().max()) <= 1e-10
 
 
 def test_weight_decay_config():
@@ -125,6 +139,9 @@ def test_weight_decay_config():
     for bad in (-1e-5, math.inf, math.nan, True, "1e-5"):
         with pytest.raises(ConfigError, match="weight_decay: expected a finite number >= 0"):
             TrialConfig(weight_decay=bad)
+    with pytest.raises(ConfigError, match="gamma_scan: expected false or null with a weight_decay"):
+        TrialConfig(weight_decay=1e-5, gamma_scan=True)
+    assert TrialConfig(weight_decay=1e-5, gamma_scan=False).gamma_scan is False
     with pytest.raises(ConfigError, match="batch_reduced: expected 'auto' or 'off' with a weight_decay"):
         TrialConfig(weight_decay=1e-5, batch_reduced="on")
 
@@ -213,3 +230,27 @@ def test_canonical_form_under_weight_decay_finds_the_exact_embedding_and_skips_f
     irr = canonicalise(derived, crit, derived.loss(crit), reminimise)
     assert not irr.reducible and not irr.undetermined and calls == []
     assert irr.steps and all(s.get("skipped") for s in irr.steps)
+
+
+@pytest.mark.parametrize("act", ["sigmoid", "tanh"])
+def test_penalised_orientation_is_a_symmetry_of_the_penalised_loss(act):
+    """A sign flip (w, a) -> (-w, -a) of a sigmoid neuron moves c a into the next bias, which changes
+    |theta|^2 and so F: under a weight decay orient must not flip sigmoid neurons (F, and theta, unchanged);
+    tanh flips (c = 0) keep |theta| and are applied, with F unchanged to round-off."""
+    from permsym_core.canonical import orient
+
+    X, Y = _data()
+    spec = MLPSpec((2, 4, 3, 1), act, True)
+    land = Landscape(spec, X, Y, weight_decay=0.1)
+    theta = spec.init(5)
+    W1 = spec.views(theta)[0][0]
+    W1[0] = -W1[0].abs()                   # a neuron whose largest incoming entry is negative: orient would flip it
+    out = orient(spec, theta, penalised=True)
+    assert float(land.loss(out)) == pytest.approx(float(land.loss(theta)), rel=1e-13, abs=0)
+    if act == "sigmoid":
+        assert torch.equal(out, theta)
+        plain_flip = orient(spec, theta)   # the unpenalised orientation flips it and changes F
+        assert not torch.equal(plain_flip, theta)
+        assert abs(float(land.loss(plain_flip)) - float(land.loss(theta))) > 1e-6
+    else:
+        assert not torch.equal(out, theta)
