@@ -260,7 +260,7 @@ def _points_for(uri: str, rdf: pd.DataFrame, cache: bool = True) -> pd.DataFrame
     pdf = _load_points(uri, list(have["run_id"]), cache)
     if pdf.empty:
         return pdf
-    arch = [c for c in ("run_id", *ARCH_COLUMNS, "trial_key") if c in rdf.columns]
+    arch = [c for c in ("run_id", *ARCH_COLUMNS, "weight_decay", "trial_key") if c in rdf.columns]
     pdf = pdf.merge(rdf[arch], on="run_id", how="left")
     for c in ("layer", "order", "reduced_id", "index", "n_zero", "n_pos", "plateau_dim", "n_next", "fa_index",
               "index_predicted", "reduced_index", "index_lower_bound"):

@@ -38,6 +38,15 @@ def _group_label(task, activation) -> str:
     return f"{task}/{activation}"
 
 
+def _label_weight_decay(df: pd.DataFrame) -> pd.DataFrame:
+    """For the figures and the index table: a penalised trial's activation label carries its weight decay, so
+    that every grouping by activation keeps different landscapes apart (the summary groups by weight_decay)."""
+    if df.empty or "weight_decay" not in df or not (df["weight_decay"].fillna(0) > 0).any():
+        return df
+    wd = df["weight_decay"].fillna(0.0)
+    return df.assign(activation=[a if w == 0 else f"{a}, weight decay {w:g}" for a, w in zip(df["activation"], wd)])
+
+
 def _colors(n: int):
     from matplotlib import colormaps
 
@@ -229,18 +238,21 @@ def write_report(out_dir, sweep: str | None = None, tracking_uri: str | None = N
     rdf = all_runs[all_runs["converged"]] if not all_runs.empty else all_runs
     pts = _query._points_for(uri, rdf) if not rdf.empty else pd.DataFrame()
     summ = _query.summarise(rdf, pts)
+    summ_l, pts_l, rdf_l = (_label_weight_decay(x) for x in (summ, pts, rdf))
 
     figures = {}
-    for name, fig in (("counts_vs_width.png", counts_vs_width_figure(summ)),
-                      ("index_hist.png", index_hist_figure(pts)),
+    for name, fig in (("counts_vs_width.png", counts_vs_width_figure(summ_l)),
+                      ("index_hist.png", index_hist_figure(pts_l)),
                       ("nzero_vs_plateau.png", nzero_figure(pts)),
-                      ("barrier_vs_width.png", barrier_figure(rdf))):
+                      ("barrier_vs_width.png", barrier_figure(rdf_l))):
         if fig is not None:
             save_png(fig, out / name)
             figures[name] = fig
     gamma_files = []
     if not rdf.empty:
         cand = rdf if "gamma_scan" not in rdf.columns else rdf[rdf["gamma_scan"].fillna(True).astype(bool)]
+        if "weight_decay" in cand.columns:          # no gamma-line under a weight decay (permsym_core.penalty)
+            cand = cand[cand["weight_decay"].fillna(0) == 0]
         cand = cand.drop_duplicates(subset=["task", "activation", "widths"]).head(max_gamma)
         recs = _query.records(list(cand["run_id"]), uri)
         for i, (rid, rec) in enumerate(recs.items()):
@@ -286,12 +298,13 @@ def write_report(out_dir, sweep: str | None = None, tracking_uri: str | None = N
                           and math.isfinite(n_red) and n_red > 0 else "") + ")")
             wd = f" weight_decay {r['weight_decay']:g}" if "weight_decay" in summ and r["weight_decay"] > 0 else ""
             lines.append(f"- {r['task']}/{r['activation']} widths {_fmt(r['widths'])}{wd}, layer {r['layer']}, "
-                         f"K={r['order']}: {_verdict(r)}{why}; n_zero >= n_(k+1) at "
+                         f"K={r['order']}: {_verdict(r)}{' (the plain loss bound, for reference)' if wd else ''}{why}; "
+                         f"n_zero >= n_(k+1) at "
                          f"{_percent(r['frac_claim_zero'])} of points; {r['n_seeds']} seed(s).")
         lines.append("")
         lines += ["<details><summary>Column definitions</summary>", "", "```", _query.SUMMARY_DOC, "```",
                   "", "</details>", ""]
-    by_layer = index_by_layer(pts)
+    by_layer = index_by_layer(pts_l)
     if not by_layer.empty:
         lines += ["## Index per hidden layer against n_(k+1)", "", INDEX_PARAGRAPH, "",
                   markdown_table(by_layer, list(by_layer.columns)), ""]
