@@ -140,7 +140,9 @@ class _Trial:
     # 2. reduced networks ---------------------------------------------------------------------------
     def merged(self, layer: int, pair_sets) -> tuple[MLPSpec | None, Landscape | None, list[torch.Tensor]]:
         """theta* merged along each pair set of one order in `layer`: the one architecture they leave, its
-        landscape on the task's data (shared by all), and each merged network's start (None, None, [] if none)."""
+        landscape on the task's data (shared by all), and each merged network's start (None, None, [] if none).
+        Under a weight decay the shared landscape carries lambda on every parameter, which is not the restricted
+        problem: minimise each merged network on `member`'s landscape, never on this one."""
         merged = [surgery.merge(self.spec, self.theta_star, layer, pair_set)[:2] for pair_set in pair_sets]
         if not merged:
             return None, None, []

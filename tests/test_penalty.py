@@ -1,11 +1,14 @@
 """Weight decay that keeps the permutation construction exact (permsym_core.penalty).
 
 The theorem under test: a critical point of a reduced network whose merged neuron (m copies) carries the
-coefficients m lambda (incoming, bias) and lambda / m (outgoing) splits at gamma = 1/2 into an exact critical
+coefficients m lambda (incoming, bias) and lambda / m (outgoing) (neighbouring layers unmerged; in general
+lambda m_k[i] / m_(k-1)[j] on W_k[i, j], tested on merges in adjacent layers below) splits at gamma = 1/2 into an exact critical
 point of the full network penalised with lambda everywhere; with lambda everywhere on the reduced network,
 or with gamma != 1/2, it does not. The derivatives are checked against torch.func and finite differences.
 """
 import math
+
+import numpy as np
 
 import pytest
 import torch
@@ -254,3 +257,86 @@ def test_penalised_orientation_is_a_symmetry_of_the_penalised_loss(act):
         assert abs(float(land.loss(plain_flip)) - float(land.loss(theta))) > 1e-6
     else:
         assert not torch.equal(out, theta)
+
+
+def _embed(red: MLPSpec, full: MLPSpec, theta: torch.Tensor, mult: dict) -> torch.Tensor:
+    """The full network a reduced one stands for, built by hand: hidden neuron i of layer k becomes mult[k][i]
+    copies with its incoming weights and bias, and every weight leaving a copy is the reduced weight / the
+    number of copies, so the next layer receives the same input."""
+    def copies(k):
+        if k in (0, red.depth):
+            return list(range(red.widths[k]))
+        return [i for i, m in enumerate(mult.get(k, [1] * red.widths[k])) for _ in range(m)]
+
+    def m_of(k, j):
+        return 1 if k in (0, red.depth) else mult.get(k, [1] * red.widths[k])[j]
+
+    out = torch.zeros(full.n_params, dtype=DTYPE)
+    for k, ((W, b), (Wf, bf)) in enumerate(zip(red.views(theta), full.views(out)), start=1):
+        for p, i in enumerate(copies(k)):
+            for q, j in enumerate(copies(k - 1)):
+                Wf[p, q] = W[i, j] / m_of(k - 1, j)
+            if b is not None:
+                bf[p] = b[i]
+    return out
+
+
+@pytest.mark.parametrize("output", ["regression", "classification"])
+def test_restricted_penalty_is_the_full_penalty_on_the_embedding_with_merges_in_adjacent_layers(output):
+    """Oracle: the full network's F on the hand-built embedding. Merges of multiplicity 2, 3 and 4 in three
+    adjacent hidden layers, two of them without a bias: the reduced F and its gradient are the full F and
+    E^T grad F there, anywhere (not only at critical points)."""
+    g = torch.Generator().manual_seed(1)
+    X = torch.randn(40, 3, generator=g, dtype=DTYPE)
+    Y = torch.randn(40, 2, generator=g, dtype=DTYPE) if output == "regression" else torch.arange(40) % 3
+    n_out = 2 if output == "regression" else 3
+    mult = {1: [3, 1, 2], 2: [2, 1], 3: [1, 4]}
+    bias = (True, False, True, False)
+    red = MLPSpec((3, 3, 2, 2, n_out), "tanh", bias, output)
+    full = MLPSpec((3, 6, 3, 5, n_out), "tanh", bias, output)
+    lam = 0.37
+    red_land = Landscape(red, X, Y, weight_decay=lam, multiplicities=mult)
+    full_land = Landscape(full, X, Y, weight_decay=lam)
+    for seed in range(3):
+        theta = 2.0 * red.init(seed)
+        big = _embed(red, full, theta, mult)
+        f_red, g_red = red_land.loss_grad(theta)
+        f_full, g_full = full_land.loss_grad(big)
+        E = torch.autograd.functional.jacobian(lambda t: _embed(red, full, t, mult), theta)
+        assert abs(float(f_red) - float(f_full)) <= 1e-13 * abs(float(f_full))
+        assert float((E.T @ g_full - g_red).abs().max()) <= 1e-12
+        # and the plain coefficient lambda everywhere is not that problem
+        assert abs(float(red_land.smaller(red).loss(theta)) - float(f_full)) > 1e-3
+
+
+def test_penalised_hessian_on_the_split_directions_is_the_split_block_plus_lambda():
+    """Eigenvalue level, not only the index: at a gamma = 1/2 split (any reduced theta, critical or not) the full
+    penalised Hessian restricted to the orthonormal directions the copy swap reverses has the eigenvalues of
+    the plain split block (permutation.split_eigenvalues) plus lambda."""
+    from permsym_core.permutation import split_eigenvalues
+
+    X, Y = _data(n_out=2)
+    spec = MLPSpec((2, 4, 3, 2), "tanh", True)
+    lam = 0.05
+    full = Landscape(spec, X, Y, weight_decay=lam)
+    red_spec, _red0, merged_at = surgery.merge(spec, spec.init(0), 1, [(0, 2)])
+    red = full.smaller(red_spec, merged_multiplicities(spec, 1, [(0, 2)]))
+    theta = red_spec.init(4)
+    big_spec, big = surgery.duplicate(red_spec, theta, 1, merged_at, 0.5)
+    c = merged_at[0]                                   # the copies sit at c and c + 1 of layer 1
+    n = big_spec.n_params
+    swap = torch.zeros(n, n, dtype=DTYPE)
+    for col in range(n):
+        e = torch.zeros(n, dtype=DTYPE)
+        e[col] = 1.0
+        (W1, b1), (W2, _b2), _ = big_spec.views(e)
+        W1[[c, c + 1]] = W1[[c + 1, c]].clone()
+        b1[[c, c + 1]] = b1[[c + 1, c]].clone()
+        W2[:, [c, c + 1]] = W2[:, [c + 1, c]].clone()
+        swap[:, col] = e
+    assert float((swap @ big - big).abs().max()) == 0.0
+    evals, evecs = torch.linalg.eigh(swap)
+    Q = evecs[:, evals < 0]                             # the -1 eigenspace: antisymmetric split directions
+    got = torch.linalg.eigvalsh(Q.T @ full.hessian(big) @ Q).numpy()
+    want = np.sort(split_eigenvalues(red, theta, 1, c) + lam)
+    assert got.shape == want.shape and np.abs(got - want).max() <= 1e-12 * max(1.0, np.abs(want).max())

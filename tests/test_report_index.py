@@ -89,3 +89,12 @@ def test_index_histogram_bars_keep_weight_decays_apart():
     (ax,) = fig.axes
     bars = {c.get_label(): [int(p.get_height()) for p in c.patches] for c in ax.containers}
     assert bars == {"K=1 (n=2)": [0, 0, 0, 0, 0, 2, 0], "K=1, weight decay 0.0001 (n=3)": [0, 2, 1, 0, 0, 0, 0]}
+
+
+def test_index_table_never_pools_two_weight_decays_even_unlabelled():
+    """Points of lambda = 1e-5 and 1e-4 with the same activation label: two rows, each with its own lambda."""
+    pts = pd.DataFrame([_pt(1, 1, 6, wd=1e-5), _pt(1, 2, 6, wd=1e-4), _pt(1, 2, 6, wd=1e-4)])
+    t = index_by_layer(pts).set_index("weight_decay")
+    assert sorted(t.index) == [1e-5, 1e-4]
+    assert (t.loc[1e-5, "n_points"], t.loc[1e-5, "n_first_order"]) == (1, 1)
+    assert (t.loc[1e-4, "n_points"], t.loc[1e-4, "index_dist"]) == (2, "2:2")

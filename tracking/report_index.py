@@ -43,30 +43,31 @@ def _n_next(crit: pd.DataFrame) -> pd.Series:
     return pd.to_numeric(crit["n_next"]).astype("Int64").fillna(old)
 
 
-def _penalised(crit: pd.DataFrame) -> pd.Series:
+def _weight_decay(crit: pd.DataFrame) -> pd.Series:
+    """Each point's weight decay (0: the plain loss; records without the column are plain)."""
     if "weight_decay" not in crit:
-        return pd.Series(False, index=crit.index)
-    return crit["weight_decay"].fillna(0).astype(float) > 0
+        return pd.Series(0.0, index=crit.index)
+    return crit["weight_decay"].fillna(0).astype(float)
 
 
 def index_by_layer(pts: pd.DataFrame) -> pd.DataFrame:
-    """One row per (task, activation, widths, layer, n_next, penalised or not): n_points, index_min, index_max,
+    """One row per (task, activation, widths, weight_decay, layer, n_next): n_points, index_min, index_max,
     index_dist ("index:count, ..."), n_first_order (certified first-order saddles) and first_order_possible
-    (n_next <= 2 on the plain loss; None under a weight decay)."""
-    cols = ["task", "activation", "widths", "layer", "n_next", "n_points", "index_min", "index_max",
-            "index_dist", "n_first_order", "first_order_possible"]
+    (n_next <= 2 on the plain loss; None under a weight decay). Different weight decays are never pooled."""
+    cols = ["task", "activation", "widths", "weight_decay", "layer", "n_next", "n_points", "index_min",
+            "index_max", "index_dist", "n_first_order", "first_order_possible"]
     crit = _counted(pts)
     if crit.empty:
         return pd.DataFrame(columns=cols)
-    crit = crit.assign(n_next=_n_next(crit), penalised=_penalised(crit))
+    crit = crit.assign(n_next=_n_next(crit), weight_decay=_weight_decay(crit))
     rows = []
-    for key, g in crit.groupby(["task", "activation", "widths", "layer", "n_next", "penalised"], sort=True):
+    for key, g in crit.groupby(["task", "activation", "widths", "weight_decay", "layer", "n_next"], sort=True):
         idx = g["index"].astype(int)
         certified = g["saddle"].fillna(False).astype(bool) if "saddle" in g else pd.Series(True, index=g.index)
-        rows.append(dict(zip(cols[:5], key), n_points=len(g), index_min=int(idx.min()), index_max=int(idx.max()),
+        rows.append(dict(zip(cols[:6], key), n_points=len(g), index_min=int(idx.min()), index_max=int(idx.max()),
                          index_dist=", ".join(f"{k}:{n}" for k, n in sorted(idx.value_counts().items())),
                          n_first_order=int(((idx == 1) & certified).sum()),
-                         first_order_possible=None if key[5] else bool(key[4] <= 2)))
+                         first_order_possible=None if key[3] > 0 else bool(key[5] <= 2)))
     return pd.DataFrame(rows, columns=cols)
 
 
@@ -77,8 +78,7 @@ def index_hist_figure(pts: pd.DataFrame):
     crit = _counted(pts)
     if crit.empty:
         return None
-    wd = crit["weight_decay"].fillna(0).astype(float) if "weight_decay" in crit else 0.0
-    crit = crit.assign(n_next=_n_next(crit), wd=wd)
+    crit = crit.assign(n_next=_n_next(crit), wd=_weight_decay(crit))
     layers = sorted(int(x) for x in crit["layer"].unique())
     series = sorted({(int(K), float(w)) for K, w in zip(crit["order"], crit["wd"])})
     fig = new_figure(4.2 * len(layers) + 0.5, 3.8)
