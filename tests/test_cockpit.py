@@ -115,9 +115,11 @@ def test_status_progress_dry_run_and_ctrl_c_on_a_running_sweep(tmp_path):
     results = tmp_path / "res"
     uri = results_uri(results)
     out = tmp_path / "driver.out"
+    # the driver gets Ctrl-C as a terminal's foreground job would: a suite started in the background (`make test &`,
+    # nohup) runs with SIGINT ignored, an ignore every child inherits through exec and Python then keeps
     proc = subprocess.Popen([sys.executable, "-m", "sweeps.cli", "sweep", str(spec), "--results", str(results)],
                             cwd=ROOT, env=_env(), stdout=out.open("w"), stderr=subprocess.STDOUT,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     runner = CliRunner()
     try:
         def running_with_phase():
