@@ -106,9 +106,8 @@ class _Run:
                 del self.history[0]
 
     def channel(self, it: int):
-        """The channel measured on the last CHANNEL_WINDOW iterations' snapshots (None: not one). Never on a
-        penalised landscape: a weight decay makes the loss coercive, so no channel to infinity exists there and a
-        slow descent is recorded as what stopped it (max_iter, time_limit)."""
+        """The channel on the last CHANNEL_WINDOW iterations' snapshots (None: not one; never with a weight decay,
+        whose coercive loss has no channel to infinity: a slow descent there ends as max_iter or time_limit)."""
         from .channels import detect_channel
 
         win = [h for h in self.history if h[0] >= it - CHANNEL_WINDOW]

@@ -5,32 +5,32 @@ record, a JSON-able dict whose keys are documented in the README ("The trial rec
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 from itertools import combinations
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 import torch
 
 from . import surgery, theory, trial_paths
-from .canonical import (COINCIDENT_RTOL, DEDUP_PARAM_RTOL, SAME_LOSS_RTOL, ZERO_LOSS_RTOL, Canonical,
-                        canonicalise, orient, same_loss, same_point, zero_loss_scale)
-from .certify import ESCAPE_RTOL, polish
-from .config import SCHEMA_VERSION, TrialConfig
+from .canonical import (DEDUP_PARAM_RTOL, Canonical, canonicalise, orient, same_loss, same_point,
+                        zero_loss_scale)
+from .certify import polish
+from .config import TrialConfig
 from .counting import count_rows
-from .landscape import LOSS_CONVENTION, Landscape
+from .landscape import Landscape
 from .minimize import dense_second_order, minimise
 from .minimise_batched import minimise_many
 from .batched import batched_loss_grad
 from .mlp import MLPSpec, params_to_json
-from .penalty import PENALTY_FORM, merged_multiplicities
+from .penalty import merged_multiplicities
 from .permutation import (GAMMA_GRID, c_spectrum, fa_matrix, fa_prediction, negative_lower_bound, plateau_check,
                           predicted_index, split_eigenvalues)
 from .points import analyse_point
 from .point_batch import analyse_points, gamma_line
 from .tasks import make_task
+from .trial_record import clean, failure_reason, record_header
 
 
 PhaseCallback = Callable[[str, int, int], None]   # on_phase(phase, k, n): see run_trial
@@ -43,25 +43,6 @@ def _minimise_options(cfg: TrialConfig, warmup: bool = True) -> dict:
 
 def _minimise(landscape: Landscape, theta0: torch.Tensor, cfg: TrialConfig, warmup: bool = True):
     return minimise(landscape, theta0, **_minimise_options(cfg, warmup))
-
-
-def _clean(x: Any) -> Any:
-    """JSON-able copy: tensors and numpy scalars to Python, non-finite floats to None."""
-    if isinstance(x, dict):
-        return {str(k): _clean(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_clean(v) for v in x]
-    if isinstance(x, torch.Tensor):
-        return _clean(x.tolist())
-    if isinstance(x, np.ndarray):
-        return _clean(x.tolist())
-    if isinstance(x, (np.bool_, bool)):
-        return bool(x)
-    if isinstance(x, (np.integer, int)):
-        return int(x)
-    if isinstance(x, (np.floating, float)):
-        return float(x) if math.isfinite(x) else None
-    return x
 
 
 @dataclass
@@ -370,30 +351,13 @@ def run_trial(config: TrialConfig | dict, on_phase: PhaseCallback | None = None)
     trial = _Trial(cfg)
     trial.timings["task"] = time.perf_counter() - t0
     spec = trial.spec
-    record: dict[str, Any] = {
-        "schema_version": SCHEMA_VERSION,
-        "trial_key": cfg.trial_key(),
-        "config": cfg.to_dict(),
-        "architecture": spec.to_dict(),
-        "loss_convention": LOSS_CONVENTION[spec.output],
-        "tolerances": {"grad_tol": cfg.grad_tol, "same_loss_rtol": SAME_LOSS_RTOL,
-                       "zero_loss_rtol": ZERO_LOSS_RTOL, "dedup_param_rtol": DEDUP_PARAM_RTOL,
-                       "coincident_rtol": COINCIDENT_RTOL, "escape_rtol": ESCAPE_RTOL,
-                       "zero_loss_scale": trial.loss_scale},
-        "task_info": trial.task.info,
-        "device": str(trial.landscape.device),
-        "log10_minima": theory.log10_minima(spec.hidden),
-    }
-    if trial.penalised:
-        record["penalty"] = {"weight_decay": cfg.weight_decay, "form": PENALTY_FORM}
+    record = record_header(cfg, spec, trial.task.info, trial.loss_scale, trial.landscape.device)
     trial.phase = phase
     phase("minimum", 0, 1)
     minimum = trial.train_minimum()
     record["minimum"] = minimum
     if minimum["converged"] and not minimum["is_minimum"]:
-        record["failure"] = (f"theta* is not a minimum: index {minimum['index']} at |grad|_inf "
-                             f"{minimum['grad_inf']:.3g} (saddle certified by escape: "
-                             f"{bool(minimum.get('saddle'))}); excluded from counts")
+        record["failure"] = failure_reason(minimum, cfg.grad_tol)
         record["counts"] = []
     elif minimum["converged"]:
         for layer in range(1, spec.depth):
@@ -408,11 +372,7 @@ def run_trial(config: TrialConfig | dict, on_phase: PhaseCallback | None = None)
             trial.build_valleys()
         record["counts"] = trial.counts()
     else:
-        record["failure"] = (f"minimum not converged: {minimum['stop_reason']} "
-                             f"(grad_inf={minimum['grad_inf']:.3g} > grad_tol={cfg.grad_tol:g})")
-        if minimum.get("channel"):
-            ch = minimum["channel"]
-            record["failure"] += f"; channel {ch['kind']} in layer {ch['layer']}, neurons {ch['neurons']}"
+        record["failure"] = failure_reason(minimum, cfg.grad_tol)
         record["counts"] = []
     record.update(reduced=trial.reduced, points=trial.points, paths=trial.paths, valleys=trial.valleys,
                   valley_groups=trial.valley_groups, permuted_paths=trial.permuted_paths)
@@ -421,4 +381,4 @@ def run_trial(config: TrialConfig | dict, on_phase: PhaseCallback | None = None)
     phase("done", 1, 1)
     trial.timings["total"] = time.perf_counter() - t_start
     record["timings"] = trial.timings
-    return _clean(record)
+    return clean(record)

@@ -24,7 +24,7 @@ import pandas as pd
 from . import query as _query
 from . import runs as _runs
 from .figures import gamma_line_figure, new_figure, save_png
-from .report_index import INDEX_PARAGRAPH, index_by_layer, index_hist_figure
+from .report_index import INDEX_PARAGRAPH, index_by_layer, index_hist_figure, weight_decay_of
 from .report_valleys import VALLEY_PARAGRAPH, valley_figures
 
 MARKERS = "osD^v<>ph*"
@@ -39,11 +39,11 @@ def _group_label(task, activation) -> str:
 
 
 def _label_weight_decay(df: pd.DataFrame) -> pd.DataFrame:
-    """For the figures and the index table: a penalised trial's activation label carries its weight decay, so
-    that every grouping by activation keeps different landscapes apart (the summary groups by weight_decay)."""
-    if df.empty or "weight_decay" not in df or not (df["weight_decay"].fillna(0) > 0).any():
+    """For the figures that group by activation: a penalised trial's activation label carries its weight decay,
+    so that they keep different landscapes apart (the summary and the index table group by weight_decay)."""
+    wd = weight_decay_of(df)
+    if df.empty or not (wd > 0).any():
         return df
-    wd = df["weight_decay"].fillna(0.0)
     return df.assign(activation=[a if w == 0 else f"{a}, weight decay {w:g}" for a, w in zip(df["activation"], wd)])
 
 
@@ -238,11 +238,11 @@ def write_report(out_dir, sweep: str | None = None, tracking_uri: str | None = N
     rdf = all_runs[all_runs["converged"]] if not all_runs.empty else all_runs
     pts = _query._points_for(uri, rdf) if not rdf.empty else pd.DataFrame()
     summ = _query.summarise(rdf, pts)
-    summ_l, pts_l, rdf_l = (_label_weight_decay(x) for x in (summ, pts, rdf))
+    summ_l, rdf_l = _label_weight_decay(summ), _label_weight_decay(rdf)
 
     figures = {}
     for name, fig in (("counts_vs_width.png", counts_vs_width_figure(summ_l)),
-                      ("index_hist.png", index_hist_figure(pts_l)),
+                      ("index_hist.png", index_hist_figure(pts)),
                       ("nzero_vs_plateau.png", nzero_figure(pts)),
                       ("barrier_vs_width.png", barrier_figure(rdf_l))):
         if fig is not None:
@@ -251,8 +251,7 @@ def write_report(out_dir, sweep: str | None = None, tracking_uri: str | None = N
     gamma_files = []
     if not rdf.empty:
         cand = rdf if "gamma_scan" not in rdf.columns else rdf[rdf["gamma_scan"].fillna(True).astype(bool)]
-        if "weight_decay" in cand.columns:          # no gamma-line under a weight decay (permsym_core.penalty)
-            cand = cand[cand["weight_decay"].fillna(0) == 0]
+        cand = cand[weight_decay_of(cand) == 0]     # no gamma-line under a weight decay (permsym_core.penalty)
         cand = cand.drop_duplicates(subset=["task", "activation", "widths"]).head(max_gamma)
         recs = _query.records(list(cand["run_id"]), uri)
         for i, (rid, rec) in enumerate(recs.items()):
@@ -304,7 +303,7 @@ def write_report(out_dir, sweep: str | None = None, tracking_uri: str | None = N
         lines.append("")
         lines += ["<details><summary>Column definitions</summary>", "", "```", _query.SUMMARY_DOC, "```",
                   "", "</details>", ""]
-    by_layer = index_by_layer(pts_l)
+    by_layer = index_by_layer(pts)
     if not by_layer.empty:
         lines += ["## Index per hidden layer against n_(k+1)", "", INDEX_PARAGRAPH, "",
                   markdown_table(by_layer, list(by_layer.columns)), ""]

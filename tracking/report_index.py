@@ -43,11 +43,17 @@ def _n_next(crit: pd.DataFrame) -> pd.Series:
     return pd.to_numeric(crit["n_next"]).astype("Int64").fillna(old)
 
 
-def _weight_decay(crit: pd.DataFrame) -> pd.Series:
-    """Each point's weight decay (0: the plain loss; records without the column are plain)."""
-    if "weight_decay" not in crit:
-        return pd.Series(0.0, index=crit.index)
-    return crit["weight_decay"].fillna(0).astype(float)
+def weight_decay_of(df: pd.DataFrame) -> pd.Series:
+    """Each row's weight decay (0: the plain loss; records without the column are plain)."""
+    if "weight_decay" not in df:
+        return pd.Series(0.0, index=df.index)
+    return df["weight_decay"].fillna(0).astype(float)
+
+
+def _n_first_order(g: pd.DataFrame) -> int:
+    """Certified first-order saddles: index 1 and the escape certified (records without `saddle`: index 1)."""
+    certified = g["saddle"].fillna(False).astype(bool) if "saddle" in g else True
+    return int(((g["index"].astype(int) == 1) & certified).sum())
 
 
 def index_by_layer(pts: pd.DataFrame) -> pd.DataFrame:
@@ -59,14 +65,13 @@ def index_by_layer(pts: pd.DataFrame) -> pd.DataFrame:
     crit = _counted(pts)
     if crit.empty:
         return pd.DataFrame(columns=cols)
-    crit = crit.assign(n_next=_n_next(crit), weight_decay=_weight_decay(crit))
+    crit = crit.assign(n_next=_n_next(crit), weight_decay=weight_decay_of(crit))
     rows = []
     for key, g in crit.groupby(["task", "activation", "widths", "weight_decay", "layer", "n_next"], sort=True):
         idx = g["index"].astype(int)
-        certified = g["saddle"].fillna(False).astype(bool) if "saddle" in g else pd.Series(True, index=g.index)
         rows.append(dict(zip(cols[:6], key), n_points=len(g), index_min=int(idx.min()), index_max=int(idx.max()),
                          index_dist=", ".join(f"{k}:{n}" for k, n in sorted(idx.value_counts().items())),
-                         n_first_order=int(((idx == 1) & certified).sum()),
+                         n_first_order=_n_first_order(g),
                          first_order_possible=None if key[3] > 0 else bool(key[5] <= 2)))
     return pd.DataFrame(rows, columns=cols)
 
@@ -78,7 +83,7 @@ def index_hist_figure(pts: pd.DataFrame):
     crit = _counted(pts)
     if crit.empty:
         return None
-    crit = crit.assign(n_next=_n_next(crit), wd=_weight_decay(crit))
+    crit = crit.assign(n_next=_n_next(crit), wd=weight_decay_of(crit))
     layers = sorted(int(x) for x in crit["layer"].unique())
     series = sorted({(int(K), float(w)) for K, w in zip(crit["order"], crit["wd"])})
     fig = new_figure(4.2 * len(layers) + 0.5, 3.8)
@@ -102,8 +107,7 @@ def index_hist_figure(pts: pd.DataFrame):
         ax.set_xlabel("Hessian index (# eigenvalues < -tau)")
         ax.set_ylabel("critical permutation points")
         ax.yaxis.get_major_locator().set_params(integer=True)
-        n_fo = int(((sub["index"].astype(int) == 1)
-                    & (sub["saddle"].fillna(False).astype(bool) if "saddle" in sub else True)).sum())
+        n_fo = _n_first_order(sub)
         ax.set_title(f"hidden layer {layer}: feeds n_(k+1) = {', '.join(map(str, n_next))}\n"
                      f"first-order saddles: {n_fo} of {len(sub)}", fontsize=9)
         ax.grid(alpha=0.3, axis="y")
