@@ -25,17 +25,26 @@ def _mp_context():
     """A forkserver context that has torch and permsym_core preloaded: each trial forks from a clean,
     single-threaded server (cheap, and safe inside a multi-threaded Ray worker).
 
-    torch._dynamo is preloaded too: torch.func's transforms (the paths' batched gradients) import it, with
-    sympy, on first use, ~870 modules and 1.0-1.6 s that every fresh trial process paid again (measured on the
-    toy task: first trial in a forked child 5.15 s, later ones 3.5 s; with the preload the first is 3.54 s)."""
+    torch._dynamo is not preloaded: no trial imports it (the paths' batched gradients are
+    permsym_core.strings', not torch.func's), and it cost every worker's first trial 1.0 s of preload."""
     global _MP
     with _MP_LOCK:
         if _MP is None:
             ctx = multiprocessing.get_context("forkserver")
-            ctx.set_forkserver_preload(["torch", "torch._dynamo", "permsym_core.study", "permsym_core.hessian",
-                                        "sweeps._child"])
+            ctx.set_forkserver_preload(["torch", "permsym_core.study", "permsym_core.hessian", "sweeps._child"])
             _MP = ctx
         return _MP
+
+
+def warm() -> None:
+    """Start the forkserver now, without waiting for it: its preload (torch, permsym_core; ~2 s) then runs while
+    the worker claims its first trial in the store, instead of after. The first trial's fork waits for the
+    preload to finish (the server accepts only then)."""
+    from multiprocessing import forkserver
+
+    _mp_context()
+    with _without_main_module():
+        forkserver.ensure_running()
 
 
 @contextlib.contextmanager

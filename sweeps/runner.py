@@ -191,7 +191,8 @@ def run_sweep(spec, *, address: str | None = None, tracking_uri: str | None = No
     counted_before = frozenset(done_before) if spec.search.kind == "grid" else frozenset()
     try:
         results_grid, outcomes = _fit(spec, ctx, pending, n_to_run, results, resume, max_concurrent, progress,
-                                      out, storage, space, figures.submit, counted_before)
+                                      out, storage, space, figures.submit if spec.figures else None,
+                                      counted_before)
         _collect(summary, results_grid, outcomes, elsewhere, counted_before)
     except KeyboardInterrupt:
         interrupted = True

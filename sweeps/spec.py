@@ -21,6 +21,9 @@ max_failures: 1                 # retries of a trial whose worker crashed
 trial_time_limit_s: null        # a trial running longer is stopped and recorded FAILED ("time_limit")
 trials_per_task: auto           # grid trials per Ray Tune trial: auto (long chunks first, single trials at
                                 # the end: sweeps.chunks) or a positive integer
+figures: true                   # draw each FINISHED run's PNG figures for the UI (~0.7 s of CPU per toy width-5 run,
+                                # beside the trials: sweeps.figure_writer); false for large sweeps, whose
+                                # `permsym report` still draws its figures from the records
 ```
 
 Every error is one line `<field path>: expected <what>, got <value>` raised as `SpecError`. Files are read
@@ -188,6 +191,7 @@ class SweepSpec(_Model):
     trial_time_limit_s: Optional[PosFloat] = None
     trials_per_task: Annotated[Union[Literal["auto"], int], BeforeValidator(_per_task)] = "auto"
     experiment: Optional[str] = None          # MLflow experiment (default: the sweep's name)
+    figures: Annotated[bool, Field(strict=True)] = True   # per-run PNGs for the UI (not part of any trial key)
 
     @model_validator(mode="before")
     @classmethod

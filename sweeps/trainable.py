@@ -20,7 +20,7 @@ from tracking.metrics import nan_metrics, trial_metrics
 from tracking.owner import HEARTBEAT_S, RunClosed, set_node_liveness
 
 from .context import SweepContext, trials_of
-from .isolation import TrialCrashed, run_isolated
+from .isolation import TrialCrashed, run_isolated, warm
 
 PHASE_EVERY_S = 5.0      # a RUNNING run's `phase` tag is rewritten at most this often (and on a new phase name)
 PHASE_GRACE_S = 1.0      # and first written once the trial has run this long
@@ -107,11 +107,9 @@ def sweep_trainable(config: dict, ctx: SweepContext) -> None:
     """The trials of one Tune trial (one, or a chunk), in turn: see `run_one`. A trial whose process crashed
     (TrialCrashed) does not stop the chunk: its other trials run first, then the first crash ends the Tune
     trial, Tune retries it (FailureConfig.max_failures) and the retry skips the trials already FINISHED."""
-    threads = max(1, int(ctx.cpus))
     with contextlib.suppress(Exception):
-        import torch
-
-        torch.set_num_threads(threads)
+        warm()          # the trials' forkserver preloads while this worker talks to the store
+    threads = max(1, int(ctx.cpus))    # the trial's torch threads, set in its child (this worker needs no torch)
     worker = worker_info()
     set_node_liveness(_node_alive)
     crash: TrialCrashed | None = None

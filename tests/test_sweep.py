@@ -78,6 +78,15 @@ def test_local_sweep_relaunch_and_time_limit(local_ray, tmp_path):
     assert again["already_finished"] == 4 and again["ran"] == 0
     _assert_one_finished_per_key(uri, "local4", keys)
 
+    # figures: false draws no PNGs (a large sweep's choice); the record and metrics are complete
+    s = run_sweep(load_spec(_spec("nofig", [0], figures=False)), results_dir=tmp_path, progress=False)
+    assert s["finished"] == 1
+    _c, kids, _p = _children(uri, "nofig")
+    assert [r.info.status for r in kids] == ["FINISHED"]
+    assert "trial_record.json" in {a.path for a in c.list_artifacts(kids[0].info.run_id)}
+    assert not c.list_artifacts(kids[0].info.run_id, "figures")
+    assert "minimum_loss" in kids[0].data.metrics
+
     # a trial over its time limit is stopped and recorded FAILED with the reason; the sweep goes on
     d = _spec("limit", [0], trial_time_limit_s=1.0)
     d["grid"].update(widths=[[6]], adam_steps=3000, path_relax=True, gamma_scan=True)   # far longer than 1 s
