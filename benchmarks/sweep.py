@@ -184,9 +184,10 @@ def fixed_costs() -> tuple[float, float]:
         t_store = time.perf_counter() - t0
     if ray.is_initialized():
         return t_store, float("nan")
+    from sweeps.ray_start import init_ray
+
     t0 = time.perf_counter()
-    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
-             logging_level="WARNING", runtime_env={"env_vars": {"RAY_USAGE_STATS_ENABLED": "0"}})
+    init_ray(None, {"RAY_USAGE_STATS_ENABLED": "0"})         # as run_sweep starts it
     ray.shutdown()
     return t_store, time.perf_counter() - t0
 

@@ -23,6 +23,7 @@ class SweepContext:
     task_options: dict
     dims: dict                            # grid dimension -> its values (Optuna samples from these)
     labels: dict = field(default_factory=dict)       # trial key -> readable label (grid sweeps)
+    figures: bool = True                  # the spec's `figures`: a spooled record's sync draws them or not
 
     @property
     def tracking_uri(self) -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing
+import os
 import threading
 import time
 
@@ -25,11 +26,15 @@ def _mp_context():
     """A forkserver context that has torch and permsym_core preloaded: each trial forks from a clean,
     single-threaded server (cheap, and safe inside a multi-threaded Ray worker).
 
-    torch._dynamo is not preloaded: no trial imports it (the paths' batched gradients are
-    permsym_core.strings', not torch.func's), and it cost every worker's first trial 1.0 s of preload."""
+    torch._dynamo is not preloaded (it cost every worker's first trial 1.0 s): a trial with dense Hessians
+    never imports it (measured on the toy trial); one past the dense limit does, through torch.func's
+    Hessian-vector products, and pays that second itself against its minutes of work.
+    The server is started with OMP_WAIT_POLICY=PASSIVE unless set (permsym_core's default, which must be in
+    the environment before torch is imported, and the server imports torch first)."""
     global _MP
     with _MP_LOCK:
         if _MP is None:
+            os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
             ctx = multiprocessing.get_context("forkserver")
             ctx.set_forkserver_preload(["torch", "permsym_core.study", "permsym_core.hessian", "sweeps._child"])
             _MP = ctx

@@ -146,7 +146,7 @@ def run_sweep(spec, *, address: str | None = None, tracking_uri: str | None = No
     ctx = SweepContext(store=store, parent_run_id="", owner=owner, results_dir=str(results),
                        cpus=spec.resources.cpus, time_limit_s=spec.trial_time_limit_s, task=spec.task,
                        task_options=dict(spec.task_options), dims=spec.grid.dimensions(),
-                       labels={t.key: t.label() for t in planned})
+                       labels={t.key: t.label() for t in planned}, figures=spec.figures)
     summary = SweepSummary(sweep=spec.name, experiment=spec.experiment_name, experiment_id=exp_id,
                            parent_run_id="", tracking_uri=tracking_uri, results_dir=str(results),
                            search=spec.search.kind, planned=n_planned, already_finished=already)

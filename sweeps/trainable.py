@@ -109,7 +109,7 @@ def sweep_trainable(config: dict, ctx: SweepContext) -> None:
     trial, Tune retries it (FailureConfig.max_failures) and the retry skips the trials already FINISHED."""
     with contextlib.suppress(Exception):
         warm()          # the trials' forkserver preloads while this worker talks to the store
-    threads = max(1, int(ctx.cpus))    # the trial's torch threads, set in its child (this worker needs no torch)
+    threads = max(1, int(ctx.cpus))    # the trial's torch threads, set in its child (this worker runs no torch)
     worker = worker_info()
     set_node_liveness(_node_alive)
     crash: TrialCrashed | None = None
@@ -150,7 +150,8 @@ def run_one(key: str, options: dict, ctx: SweepContext, threads: int, worker: di
     run_id = claim.run_id if claim is not None else None
     attempt = claim.attempt if claim is not None else 1
     meta = {"experiment_id": store.experiment_id, "parent_run_id": ctx.parent_run_id, "sweep": store.sweep,
-            "config": options, "tracking_uri": store.tracking_uri, "attempt": attempt, "run_id": run_id}
+            "config": options, "tracking_uri": store.tracking_uri, "attempt": attempt, "run_id": run_id,
+            "figures": ctx.figures}
 
     def keep(record, meta_: dict) -> dict:
         """Spool: on this worker's disk (best effort) and back to the driver in the Tune result, which

@@ -432,7 +432,10 @@ from ray.core.generated import gcs_service_pb2 as g, gcs_service_pb2_grpc as gg
 from ray.core.generated import node_manager_pb2 as n, node_manager_pb2_grpc as ng
 from ray._private.authentication.grpc_authentication_client_interceptor import (
     _get_authentication_metadata_tuple as token_metadata)
-init_ray(None, {})
+import os
+passed = ("PERMSYM_PROBE_VAR", "AUTOSCALER_METRIC_PORT", "DASHBOARD_METRIC_PORT")   # what init_ray sets for its Ray
+init_ray(None, {"PERMSYM_PROBE_VAR": "from-the-sweep"})
+env_restored = not [k for k in passed if k in os.environ]
 ip = ray.util.get_node_ip_address()
 node = [x for x in ray.nodes() if x["Alive"]][0]
 gcs_port = int(ray.get_runtime_context().gcs_address.rsplit(":", 1)[1])
@@ -464,6 +467,9 @@ for c in psutil.net_connections(kind="tcp"):
     except Exception as e:
         http[c.laddr.port] = type(e).__name__
 out["http"] = http
+# the sweep's variables reach its workers (through the raylet's environment), this process's is as before
+out["worker_var"] = ray.get(ray.remote(lambda: os.environ.get("PERMSYM_PROBE_VAR")).remote())
+out["env_restored"] = env_restored
 ray.shutdown()
 print("PROBE " + json.dumps(out))
 """
@@ -493,6 +499,7 @@ def test_embedded_ray_refuses_clients_without_its_token(tmp_path):
         assert got[f"{svc}/token"] == "OK", got
     assert len(got["http"]) >= 3, got                       # GCS, raylet, workers at least
     assert not [port for port, status in got["http"].items() if status == 200], got
+    assert got["worker_var"] == "from-the-sweep" and got["env_restored"] is True, got
 
 
 # --- 2. a node removed mid-sweep (last: it replaces the module's Ray with a cluster) ---------------------------

@@ -254,7 +254,8 @@ def test_spool_and_sync_across_server_restart(template, tmp_path):
         assert not list(path.parent.glob("*.tmp"))
         # a second record spooled while down: never started (the server was already gone)
         rec_b = make_record((4,), 2)
-        spool.spool_record(res, "key-b", rec_b, dict(meta, run_id=None, config=rec_b["config"]))
+        # (from a sweep with `figures: false`: its sync logs the record without PNGs)
+        spool.spool_record(res, "key-b", rec_b, dict(meta, run_id=None, config=rec_b["config"], figures=False))
         with pytest.raises(runs.TrackingUnavailable):
             spool.sync(res, uri)
         assert len(spool.spooled(res)) == 2                    # nothing dropped while the server is down
@@ -268,6 +269,10 @@ def test_spool_and_sync_across_server_restart(template, tmp_path):
         fin = runs.search_all(uri, [exp], "tags.trial_key = 'key-a' and attributes.status = 'FINISHED'")
         assert len(fin) == 1
         assert fin[0].data.metrics["minimum_loss"] == pytest.approx(rec["minimum"]["loss"])
+        fin_b = runs.search_all(uri, [exp], "tags.trial_key = 'key-b' and attributes.status = 'FINISHED'")
+        assert c.list_artifacts(fin[0].info.run_id, "figures"), "figures drawn (the default)"
+        assert "trial_record.json" in {a.path for a in c.list_artifacts(fin_b[0].info.run_id)}
+        assert not c.list_artifacts(fin_b[0].info.run_id, "figures")
         # syncing again, or a spool file for a key that already finished, logs nothing twice
         spool.spool_record(res, "key-a", rec, meta)
         assert spool.sync(res, uri) == 0

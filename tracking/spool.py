@@ -34,7 +34,7 @@ def payload_of(trial_key: str, record: Any, meta: dict) -> dict:
     `meta` holds what logging needs later: `experiment_id`, `parent_run_id`, `sweep`, `config` (the trial
     config dict), `tracking_uri` (where it was meant to go), and optionally `run_id` (the run opened before
     the server went away), `attempt`, `fail_reason` (spool a failure instead of a record; `record` may then
-    be None).
+    be None), `figures` (false: `sync` logs the record without its PNGs, as the sweep's spec asked).
     """
     record = None if record is None else _runs.as_record(record)
     meta = dict(meta)
@@ -125,7 +125,7 @@ def sync(results_dir, tracking_uri: str | None = None) -> int:
             _runs.fail_trial_run(tracking_uri, run_id, meta["fail_reason"])
         else:
             try:
-                _runs.finish_trial_run(tracking_uri, run_id, record)
+                _runs.finish_trial_run(tracking_uri, run_id, record, figures=bool(meta.get("figures", True)))
             except RunClosed:              # the key FINISHED meanwhile: this copy is not logged twice
                 pass
             finished_cache[(tracking_uri, exp, sweep)].add(key)
