@@ -45,6 +45,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .minimize_scipy import scipy_finish
 from .trust_region import Request, _DenseModel, _KrylovModel, _Stop
 
 DENSE_MAX_P = 2000          # exact-Hessian trust region up to this many parameters, matrix-free beyond
@@ -222,68 +223,6 @@ def _trust_region(run: _Run, theta: Tensor, max_iter: int, model=None
     return theta, "max_iter"
 
 
-# --- scipy methods ------------------------------------------------------------------------------
-
-def _scipy(run: _Run, theta: Tensor, max_iter: int, method: str) -> tuple[Tensor, str]:
-    from scipy.optimize import minimize
-
-    dev = theta.device
-    to_t = lambda x: torch.as_tensor(np.asarray(x, dtype=np.float64), device=dev)  # noqa: E731
-    state = {"stop": None}
-
-    def fun(x):
-        loss, g = run.raw(to_t(x))
-        g = g.cpu().numpy()
-        if not (math.isfinite(loss) and np.isfinite(g).all()):
-            return math.inf if method != "lbfgs" else 1e300, np.zeros_like(g)
-        return loss, g
-
-    def hess(x):
-        return run.land.hessian(to_t(x)).cpu().numpy()
-
-    def callback(intermediate_result):
-        x = to_t(intermediate_result.x)
-        run.iters["second_order"] += 1
-        loss, g = run.raw(x)
-        ginf = run.accept(x, loss, g)
-        run.snapshot(run.iters["second_order"], loss, x)
-        state["x"] = x
-        if ginf <= run.tol:
-            state["stop"] = "converged"
-            raise StopIteration
-        if run.deadline is not None and time.perf_counter() > run.deadline:
-            state["stop"] = "time_limit"
-            raise StopIteration
-
-    x = theta
-    reason = "max_iter"
-    for _restart in range(20 if method == "lbfgs" else 1):
-        left = max_iter - run.iters["second_order"]
-        if left <= 0:
-            return x, "max_iter"
-        state["x"] = x
-        if method == "lbfgs":
-            res = minimize(fun, x.cpu().numpy(), jac=True, method="L-BFGS-B", callback=callback,
-                           options={"maxiter": left, "maxfun": 50 * left, "gtol": run.tol, "ftol": 0.0,
-                                    "maxcor": 30})
-        else:
-            res = minimize(fun, x.cpu().numpy(), jac=True, hess=hess, method="trust-exact", callback=callback,
-                           options={"maxiter": left, "gtol": run.tol})
-        if state["stop"] is not None:
-            return state["x"], state["stop"]
-        x_new = to_t(res.x)
-        loss, g = run.raw(x_new)
-        ginf = run.accept(x_new, loss, g)
-        if ginf <= run.tol:
-            return x_new, "converged"
-        if res.nit == 0 or (method == "lbfgs" and run.iters["second_order"] >= max_iter):
-            reason = "max_iter" if run.iters["second_order"] >= max_iter else "stalled"
-            return x_new, reason
-        x = x_new
-        reason = "max_iter" if res.nit >= left else "stalled"
-    return x, reason
-
-
 # --- entry point ----------------------------------------------------------------------------------
 
 def dense_second_order(P: int, dense_max_params: int | None = None) -> bool:
@@ -357,7 +296,7 @@ def minimisation(landscape, theta0, *, grad_tol: float = 1e-10, max_iter: int = 
                     theta, reason = yield from _trust_region(run, theta, max_iter, krylov)
                     run.info["hvps"] = krylov.hvps
                 else:
-                    theta, reason = _scipy(run, theta, max_iter, "lbfgs" if used == "lbfgs+krylov" else used)
+                    theta, reason = scipy_finish(run, theta, max_iter, "lbfgs" if used == "lbfgs+krylov" else used)
                     if used == "lbfgs+krylov" and reason in ("max_iter", "stalled"):   # L-BFGS did not certify:
                         krylov = _KrylovModel(max_cg=min(P, KRYLOV_MAX_CG))            # the matrix-free finish
                         done = run.iters["second_order"]
