@@ -297,3 +297,18 @@ def test_no_secrets_in_runs(template, tmp_path, monkeypatch):
     # the scanner does find a value that was logged
     runs.client(uri).set_tag(rid, "oops", secret)
     assert runs.scan_for_secrets(uri, exp, [secret]) == [f"{rid}: tag oops"]
+
+
+def test_environ_set_puts_every_variable_back(monkeypatch):
+    from tracking.environ import environ_set
+
+    monkeypatch.setenv("PERMSYM_T_SET", "mine")
+    monkeypatch.delenv("PERMSYM_T_UNSET", raising=False)
+    with environ_set({"PERMSYM_T_SET": "theirs", "PERMSYM_T_UNSET": "new"}, keep_existing=True):
+        assert os.environ["PERMSYM_T_SET"] == "mine" and os.environ["PERMSYM_T_UNSET"] == "new"
+    assert os.environ["PERMSYM_T_SET"] == "mine" and "PERMSYM_T_UNSET" not in os.environ
+    with pytest.raises(KeyError):                       # restored on the way out of an exception too
+        with environ_set({"PERMSYM_T_SET": "theirs", "PERMSYM_T_UNSET": "new"}):
+            assert os.environ["PERMSYM_T_SET"] == "theirs" and os.environ["PERMSYM_T_UNSET"] == "new"
+            raise KeyError("x")
+    assert os.environ["PERMSYM_T_SET"] == "mine" and "PERMSYM_T_UNSET" not in os.environ

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -27,6 +26,7 @@ from .record import (_one_line, as_record, code_version, failure_reason, flatten
                      points_frame, points_table_json, run_name_for)
 from .filters import PARENT_ROLE, ROLE_TAG, TRIAL_ROLE, _q, _role_filter, _trial_filter  # noqa: F401
 from .run_end import _check_open, _end_finished, _order, _settle_finished  # noqa: F401  (re-exported)
+from .environ import environ_set
 from .store import is_http, redact_uri
 
 RECORD_ARTIFACT = "trial_record.json"
@@ -84,12 +84,9 @@ def _guard(tracking_uri: str):
     if not is_http(tracking_uri):
         yield
         return
-    saved = {k: os.environ.get(k) for k in FAST_FAIL_ENV}
-    for k, v in FAST_FAIL_ENV.items():
-        if saved[k] is None:
-            os.environ[k] = v
     try:
-        yield
+        with environ_set(FAST_FAIL_ENV, keep_existing=True):
+            yield
     except TrackingUnavailable:
         raise
     except Exception as e:
@@ -97,10 +94,6 @@ def _guard(tracking_uri: str):
             detail = redact_uri_text(str(e).splitlines()[0][:300], tracking_uri)
             raise TrackingUnavailable(f"tracking server {redact_uri(tracking_uri)} unreachable: {detail}") from e
         raise
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
 
 
 def client(tracking_uri: str):
