@@ -1,6 +1,6 @@
 """Trial cost against width (issue 12): run_trial on the toy task, sigmoid, seed 1, every pair, first order,
-one and two hidden layers, each in a fresh process, against the code of the session's start (commit
-BASELINE, checked out into a temporary git worktree) at the widths where that baseline is affordable.
+one and two hidden layers, each in a fresh process, against earlier code (the commits of BASELINES, each
+checked out into a temporary git worktree) at the widths where those baselines are affordable.
 Writes docs/trial_cost_vs_width.png. $PERMSYM_BENCH_WIDTHS_ONE / _TWO (comma lists) run fewer widths and
 PERMSYM_BENCH_DEEP=0 leaves out the three-hidden-layer case; the first target line lists the cases run.
 """
@@ -17,6 +17,8 @@ from pathlib import Path
 TITLE = "Trial cost against width"
 ROOT = Path(__file__).resolve().parents[1]
 BASELINE = "a7b8af4"            # main before issue 12's work: the sequential code
+PREVIOUS = "9474a8d"            # main before permsym_core.threads: every trial on torch's default threads
+BASELINES = ((BASELINE, "the sequential engine"), (PREVIOUS, "default threads"))
 
 
 def _widths(env: str, default: tuple[int, ...]) -> tuple[int, ...]:
@@ -33,10 +35,12 @@ NOTES = f"""\
 Each row is one `run_trial` in a fresh Python process (torch's default threads: both cores), toy task
 (teacher 2-4-1 sigmoid, 1,681 inputs), student sigmoid, seed 1, first-order points of every pair, every
 other option at its default (relaxed paths, gamma scan, valleys). `seconds` is run_trial's own total
-(record timings; imports excluded). The baseline is the code at commit {BASELINE} (the sequential engine),
-run from a temporary git worktree at the widths where it is affordable; `ratio` = baseline seconds / seconds.
-`agreement` compares the two records' counts table (points found, critical, first-order saddles, per layer
-and order). The three-hidden-layer row is the teacher task with teacher widths [5, 5, 5] learned by a
+(record timings; imports excluded). Two baselines run from temporary git worktrees at the widths where they
+are affordable: commit {BASELINE} (the sequential engine, before issue 12's work) and commit {PREVIOUS} (today's
+code before permsym_core.threads, which runs small landscapes on one thread and the batched strings on the
+cores: {PREVIOUS} ran every trial on torch's default threads, both cores). On a baseline's row `ratio` =
+its seconds / this code's seconds at the same width (the speed-up of this code over it) and `agreement`
+compares the two records' counts table (points found, critical, first-order saddles, per layer and order). The three-hidden-layer row is the teacher task with teacher widths [5, 5, 5] learned by a
 [5, 5, 5] student (softplus, every pair, 500 samples). The plot is docs/trial_cost_vs_width.png."""
 
 CHILD = r"""
@@ -89,10 +93,10 @@ def counts_key(res: dict) -> list:
                   for c in res.get("counts") or [])
 
 
-def baseline_tree():
-    """A temporary detached worktree at BASELINE (None when git or the commit is not there)."""
+def baseline_tree(commit: str):
+    """A temporary detached worktree at `commit` (None when git or the commit is not there)."""
     tmp = tempfile.mkdtemp(prefix="permsym-baseline-")
-    ok = subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", tmp, BASELINE],
+    ok = subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", tmp, commit],
                         capture_output=True, text=True)
     return Path(tmp) if ok.returncode == 0 else None
 
@@ -107,7 +111,8 @@ def plot(rows: list[dict]) -> None:
     fig = new_figure(6, 3.8)
     ax = fig.subplots()
     for depth, marker in ((1, "o"), (2, "s")):
-        for method, ls in (("permsym (this code)", "-"), (f"baseline {BASELINE}", "--")):
+        for method, ls in (("permsym (this code)", "-"), *((f"baseline {c}", st) for (c, _), st
+                                                            in zip(BASELINES, ("--", ":")))):
             pts = sorted((r["width"], r["seconds"]) for r in rows
                          if r.get("depth") == depth and r["method"] == method and r.get("seconds")
                          and r.get("converged"))      # an uncertified minimum: no trial's cost
@@ -125,7 +130,7 @@ def plot(rows: list[dict]) -> None:
 
 def run(quick: bool = False) -> list[dict]:
     cases = [(1, w) for w in (ONE[:3] if quick else ONE)] + [(2, w) for w in (TWO[:2] if quick else TWO)]
-    rows, base_tree = [], None if quick else baseline_tree()
+    rows, trees = [], {} if quick else {c: baseline_tree(c) for c, _ in BASELINES}
     try:
         for depth, w in cases:
             cfg = config((w,) * depth)
@@ -135,14 +140,18 @@ def run(quick: bool = False) -> list[dict]:
                        seconds=res.get("seconds"), note=outcome(res), converged=res.get("converged"),
                        stop_reason=res.get("stop_reason"))
             rows.append(row)
-            if base_tree is not None and w in BASELINE_WIDTHS[depth]:
-                b = run_one(cfg, base_tree)
-                rows.append(dict(row, method=f"baseline {BASELINE}", seconds=b.get("seconds"), note=outcome(b),
-                                 converged=b.get("converged"), stop_reason=b.get("stop_reason")))
+            for commit, what in BASELINES:
+                if trees.get(commit) is None or w not in BASELINE_WIDTHS[depth]:
+                    continue
+                b = run_one(cfg, trees[commit])
+                brow = dict(row, method=f"baseline {commit}", seconds=b.get("seconds"), note=outcome(b),
+                            converged=b.get("converged"), stop_reason=b.get("stop_reason"))
                 if b.get("seconds") and res.get("seconds") and b.get("converged") and res.get("converged"):
-                    row.update(ratio=b["seconds"] / res["seconds"], baseline=f"{BASELINE} (sequential engine)",
-                               agreement="counts equal" if counts_key(b) == counts_key(res) else
-                               f"counts differ: {counts_key(res)} vs {counts_key(b)}")
+                    brow.update(ratio=b["seconds"] / res["seconds"],
+                                baseline=f"this code over {commit} ({what})",
+                                agreement="counts equal" if counts_key(b) == counts_key(res) else
+                                f"counts differ: {counts_key(res)} vs {counts_key(b)}")
+                rows.append(brow)
         if not quick and DEEP is not None:
             res = run_one(DEEP, ROOT)
             rows.append(dict(benchmark="trial_width", case="teacher [5, 5, 5] softplus, every pair", P=res.get("P"),
@@ -150,8 +159,9 @@ def run(quick: bool = False) -> list[dict]:
                              seconds=res.get("seconds"), note=outcome(res), converged=res.get("converged"),
                              stop_reason=res.get("stop_reason")))
     finally:
-        if base_tree is not None:
-            remove_tree(base_tree)
+        for tree in trees.values():
+            if tree is not None:
+                remove_tree(tree)
     plot(rows)
     return rows
 

@@ -19,6 +19,7 @@ from .batched import CHUNK_ELEMS, batched_hessians, batched_loss, batched_loss_g
 from .hessian import dense_fits
 from .landscape import Landscape
 from .paths import LOCAL_SHIFT, PRECONDITIONERS, SHARED_SHIFT, HalfPath, _lambda_max
+from .threads import landscape_threads
 
 GROUP_ELEMS = 1 << 26      # trace_halves relaxes paths in groups whose per-image factors (P x P) total at most this
 
@@ -184,8 +185,9 @@ def trace_halves(landscape: Landscape, theta_star: Tensor, points: Tensor, n_ima
     group = max(1, GROUP_ELEMS // max((n_images - 2) * P * P, 1))     # the local factors of a group fit
     out = []
     for a in range(0, points.shape[0], group):
-        images, losses, infos = string_paths(landscape, theta_star, points[a:a + group], n_images, iters, precond,
-                                             refresh)
+        with landscape_threads(landscape, batch=min(group, points.shape[0] - a) * n_images):
+            images, losses, infos = string_paths(landscape, theta_star, points[a:a + group], n_images, iters,
+                                                 precond, refresh)
         l_list = losses.tolist()
         out += [HalfPath(images[b], l_list[b], infos[b], s_list[a + b], s_perp[a + b], infos[b]["max_perp_grad"])
                 for b in range(images.shape[0])]

@@ -30,6 +30,7 @@ from .permutation import (GAMMA_GRID, c_spectrum, fa_matrix, fa_prediction, nega
 from .points import analyse_point
 from .point_batch import analyse_points, gamma_line
 from .tasks import make_task
+from .threads import landscape_threads
 from .trial_record import clean, failure_reason, record_header
 
 
@@ -350,7 +351,17 @@ def run_trial(config: TrialConfig | dict, on_phase: PhaseCallback | None = None)
     t0 = time.perf_counter()
     trial = _Trial(cfg)
     trial.timings["task"] = time.perf_counter() - t0
-    spec = trial.spec
+    with landscape_threads(trial.landscape) as threads:
+        record = _run(trial, phase)
+    record["threads"] = threads
+    trial.timings["total"] = time.perf_counter() - t_start
+    record["timings"] = trial.timings
+    return clean(record)
+
+
+def _run(trial: _Trial, phase: PhaseCallback) -> dict:
+    """run_trial's phases on a built trial: its record without threads and timings."""
+    cfg, spec = trial.cfg, trial.spec
     record = record_header(cfg, spec, trial.task.info, trial.loss_scale, trial.landscape.device)
     trial.phase = phase
     phase("minimum", 0, 1)
@@ -379,6 +390,4 @@ def run_trial(config: TrialConfig | dict, on_phase: PhaseCallback | None = None)
     if trial.gamma_scan:
         record["gamma_scan"] = trial.gamma_scan
     phase("done", 1, 1)
-    trial.timings["total"] = time.perf_counter() - t_start
-    record["timings"] = trial.timings
-    return clean(record)
+    return record

@@ -1,0 +1,69 @@
+"""torch's thread count per landscape (permsym_core.threads): one thread for small work, the rest back after."""
+import pytest
+import torch
+
+import permsym_core.strings as strings
+from permsym_core.config import TrialConfig
+from permsym_core.landscape import Landscape
+from permsym_core.mlp import MLPSpec
+from permsym_core.study import run_trial
+from permsym_core.tasks import make_task
+from permsym_core.threads import SMALL_ELEMENTS, landscape_threads, threads_for, torch_threads
+
+
+def test_threads_for_follows_the_measured_thresholds():
+    # the toy task's 1,681 samples through a 2-10-1 net (P = 41): one thread
+    assert threads_for(1681 * 10, 41, "cpu", available=2) == 1
+    # 1,000 MNIST images (784 inputs) through 784-30-10: 784,000 elements, the count given
+    assert threads_for(1000 * 784, 23860, "cpu", available=2) == 2
+    # few samples but a large P (eigh of P >= 1,000 gains from threads): the count given
+    assert threads_for(100 * 50, 1000, "cpu", available=2) == 2
+    assert threads_for(SMALL_ELEMENTS - 1, 999, "cpu", available=4) == 1
+    assert threads_for(SMALL_ELEMENTS, 999, "cpu", available=4) == 4
+    # on CUDA the CPU threads only launch kernels: left as they are
+    assert threads_for(10, 10, "cuda", available=2) == 2
+
+
+def test_torch_threads_puts_the_count_back_after_an_exception():
+    with torch_threads(2):
+        with pytest.raises(RuntimeError):
+            with torch_threads(1):
+                assert torch.get_num_threads() == 1
+                raise RuntimeError("inside")
+        assert torch.get_num_threads() == 2
+
+
+def _toy_landscape(width: int) -> Landscape:
+    task = make_task("toy", seed=0, activation="sigmoid")
+    return Landscape(MLPSpec((2, width, 1), "sigmoid"), task.X, task.Y, device="cpu")
+
+
+def test_a_batch_inside_a_one_thread_block_gets_the_outer_count_back():
+    land = _toy_landscape(4)             # 1,681 x 4 elements: small
+    with torch_threads(2):
+        with landscape_threads(land) as n:
+            assert n == 1 and torch.get_num_threads() == 1
+            with landscape_threads(land, batch=2 * 21) as m:       # 2 paths of 21 images at once
+                assert m == 2 and torch.get_num_threads() == 2
+            with landscape_threads(land, batch=5) as m:            # 5 points of a descent segment: small
+                assert m == 1 and torch.get_num_threads() == 1
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+
+
+def test_a_toy_trial_runs_on_one_thread_and_its_strings_on_two(monkeypatch):
+    seen = {"phases": set(), "strings": []}
+    relax = strings.string_paths
+
+    def observed(*args, **kwargs):
+        seen["strings"].append(torch.get_num_threads())
+        return relax(*args, **kwargs)
+
+    monkeypatch.setattr(strings, "string_paths", observed)
+    with torch_threads(2):
+        rec = run_trial(TrialConfig(task="toy", widths=(3,), activation="sigmoid", seed=0),
+                        on_phase=lambda p, k, n: seen["phases"].add(torch.get_num_threads()))
+        assert torch.get_num_threads() == 2                 # put back after the trial
+    assert rec["threads"] == 1 and seen["phases"] == {1}
+    assert seen["strings"] and set(seen["strings"]) == {2}  # 3 paths x 21 images x 1,681 x 3 > SMALL_ELEMENTS
+    assert rec["minimum"]["converged"]
