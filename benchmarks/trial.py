@@ -18,7 +18,9 @@ SHARE = "share of total (no baseline exists)"
 NOTES = """\
 Each case (quick mode: width 4 only) is one `permsym trial --task toy --widths W --json` command (sigmoid, seed 0, default options:
 3000 Adam steps, grad_tol 1e-10, first-order points of every pair, gamma scan, relaxed paths), run in a fresh
-process with torch's default threads (the machine's cores). Phase rows come from the record's `timings`:
+process started with torch's default threads (the machine's cores; `threads` is the count the trial ran on,
+its record's `threads`: 1 for these small landscapes, whose batched strings go back to the cores, see
+permsym_core.threads). Phase rows come from the record's `timings`:
 task (data), minimum (train to a certified minimum and its spectrum), reduced (merged networks trained to
 critical points), points (permutation points and their Hessian spectra, plateaus, FA prediction),
 gamma_scan (the gamma-line), paths (the equal-loss paths, relaxed), other (the rest of run_trial: counts,
@@ -65,7 +67,8 @@ def rows_for(width: int, wall: float, record: dict) -> list[dict]:
     total = t.pop("total")
     t["other"] = max(0.0, total - sum(t.values()))
     P = (record.get("minimum") or {}).get("n_params")
-    base = dict(benchmark="trial", case=f"toy 2-{width}-1 sigmoid seed 0", P=P, threads=os.cpu_count())
+    base = dict(benchmark="trial", case=f"toy 2-{width}-1 sigmoid seed 0", P=P,
+                threads=record.get("threads") or os.cpu_count())
     rows = [dict(base, method=f"phase: {name}", seconds=s, ratio=s / total, baseline=SHARE)
             for name, s in sorted(t.items(), key=lambda kv: -kv[1])]
     rows.append(dict(base, method="run_trial total", seconds=total, agreement=verdict(record)))

@@ -31,7 +31,9 @@ TWO = _widths("PERMSYM_BENCH_WIDTHS_TWO", (3, 4, 5, 6, 8))
 BASELINE_WIDTHS = {1: (4, 6), 2: (3,)}
 TIMEOUT_S = 900
 NOTES = f"""\
-Each row is one `run_trial` in a fresh Python process (torch's default threads: both cores), toy task
+Each row is one `run_trial` in a fresh Python process started with torch's default threads (both cores;
+`threads` is the count the trial ran on, its record's `threads`: 1 for these small landscapes, whose batched
+strings go back to both cores; the baselines ran on both), toy task
 (teacher 2-4-1 sigmoid, 1,681 inputs), student sigmoid, seed 1, first-order points of every pair, every
 other option at its default (relaxed paths, gamma scan, valleys). `seconds` is run_trial's own total
 (record timings; imports excluded). Two baselines run from temporary git worktrees at the widths where they
@@ -51,7 +53,7 @@ rec = run_trial(cfg)
 print(json.dumps({"seconds": rec["timings"]["total"], "wall": time.perf_counter() - t, "timings": rec["timings"],
                   "counts": rec.get("counts"), "converged": (rec.get("minimum") or {}).get("converged"),
                   "stop_reason": (rec.get("minimum") or {}).get("stop_reason"),
-                  "n_points": len(rec.get("points") or []),
+                  "n_points": len(rec.get("points") or []), "threads": rec.get("threads"),
                   "P": (rec.get("minimum") or {}).get("n_params")}))
 """
 
@@ -135,7 +137,8 @@ def run(quick: bool = False) -> list[dict]:
             cfg = config((w,) * depth)
             res = run_one(cfg, ROOT)
             row = dict(benchmark="trial_width", case=f"toy {'x'.join([str(w)] * depth)} sigmoid seed 1",
-                       P=res.get("P"), threads=os.cpu_count(), method="permsym (this code)", depth=depth, width=w,
+                       P=res.get("P"), threads=res.get("threads") or os.cpu_count(), method="permsym (this code)",
+                       depth=depth, width=w,
                        seconds=res.get("seconds"), note=outcome(res), converged=res.get("converged"),
                        stop_reason=res.get("stop_reason"))
             rows.append(row)
@@ -144,6 +147,7 @@ def run(quick: bool = False) -> list[dict]:
                     continue
                 b = run_one(cfg, trees[commit])
                 brow = dict(row, method=f"baseline {commit}", seconds=b.get("seconds"), note=outcome(b),
+                            threads=b.get("threads") or os.cpu_count(),
                             converged=b.get("converged"), stop_reason=b.get("stop_reason"))
                 if b.get("seconds") and res.get("seconds") and b.get("converged") and res.get("converged"):
                     brow.update(ratio=b["seconds"] / res["seconds"],
@@ -154,7 +158,8 @@ def run(quick: bool = False) -> list[dict]:
         if not quick and DEEP is not None:
             res = run_one(DEEP, ROOT)
             rows.append(dict(benchmark="trial_width", case="teacher [5, 5, 5] softplus, every pair", P=res.get("P"),
-                             threads=os.cpu_count(), method="permsym (this code)", depth=3, width=5,
+                             threads=res.get("threads") or os.cpu_count(), method="permsym (this code)", depth=3,
+                             width=5,
                              seconds=res.get("seconds"), note=outcome(res), converged=res.get("converged"),
                              stop_reason=res.get("stop_reason")))
     finally:

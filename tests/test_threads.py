@@ -12,16 +12,30 @@ from permsym_core.threads import SMALL_ELEMENTS, landscape_threads, threads_for,
 
 
 def test_threads_for_follows_the_measured_thresholds():
-    # the toy task's 1,681 samples through a 2-10-1 net (P = 41): one thread
-    assert threads_for(1681 * 10, 41, "cpu", available=2) == 1
-    # 1,000 MNIST images (784 inputs) through 784-30-10: 784,000 elements, the count given
-    assert threads_for(1000 * 784, 23860, "cpu", available=2) == 2
-    # few samples but a large P (eigh of P >= 1,000 gains from threads): the count given
-    assert threads_for(100 * 50, 1000, "cpu", available=2) == 2
+    # the toy task's 1,681 samples through a 2-10-1 net with biases (P = 41): N x P = 68,921, one thread
+    assert threads_for(1681 * 41, 41, "cpu", available=2) == 1
+    # 1,000 MNIST images (784 inputs) through 784-30-10: the count given
+    assert threads_for(1000 * 23860, 23860, "cpu", available=2) == 2
+    # a large P (eigh of P >= 1,000 gains from threads), even on few samples: the count given
+    assert threads_for(10 * 1000, 1000, "cpu", available=2) == 2
     assert threads_for(SMALL_ELEMENTS - 1, 999, "cpu", available=4) == 1
     assert threads_for(SMALL_ELEMENTS, 999, "cpu", available=4) == 4
     # on CUDA the CPU threads only launch kernels: left as they are
     assert threads_for(10, 10, "cuda", available=2) == 2
+
+
+def test_the_largest_tensor_is_the_wider_of_a_layer_and_the_hessians_jacobian():
+    task = make_task("toy", seed=0, activation="sigmoid")
+    with torch_threads(2):
+        # activations 1,681 x 50 and 1,681 x 60 are both small; what decides is the Hessian's per-sample
+        # Jacobian, N x P: 2-50-1 without biases has P = 150 (252,150 entries, one thread), 2-60-1 with biases
+        # P = 241 (405,121 entries, two)
+        wide = Landscape(MLPSpec((2, 50, 1), "sigmoid", (False, False)), task.X, task.Y, device="cpu")
+        with landscape_threads(wide) as n:
+            assert wide.n_params == 150 and 1681 * 150 < SMALL_ELEMENTS and n == 1
+        wider = Landscape(MLPSpec((2, 60, 1), "sigmoid", (True, True)), task.X, task.Y, device="cpu")
+        with landscape_threads(wider) as n:
+            assert wider.n_params == 241 and 1681 * 241 >= SMALL_ELEMENTS and n == 2
 
 
 def test_torch_threads_puts_the_count_back_after_an_exception():
