@@ -24,12 +24,12 @@ def test_threads_for_follows_the_measured_thresholds():
     assert threads_for(10, 10, "cuda", available=2) == 2
 
 
-def test_the_largest_tensor_is_the_wider_of_a_layer_and_the_hessians_jacobian():
+def test_the_largest_tensor_is_the_hessians_per_sample_jacobian():
     task = make_task("toy", seed=0, activation="sigmoid")
     with torch_threads(2):
-        # activations 1,681 x 50 and 1,681 x 60 are both small; what decides is the Hessian's per-sample
-        # Jacobian, N x P: 2-50-1 without biases has P = 150 (252,150 entries, one thread), 2-60-1 with biases
-        # P = 241 (405,121 entries, two)
+        # activations of 1,681 x 50 and 1,681 x 60 entries are both small; what decides is the Hessian's
+        # per-sample Jacobian, N x P: 2-50-1 without biases has P = 150 (252,150 entries, one thread), 2-60-1
+        # with biases P = 241 (405,121 entries, two)
         wide = Landscape(MLPSpec((2, 50, 1), "sigmoid", (False, False)), task.X, task.Y, device="cpu")
         with landscape_threads(wide) as n:
             assert wide.n_params == 150 and 1681 * 150 < SMALL_ELEMENTS and n == 1
@@ -53,13 +53,13 @@ def _toy_landscape(width: int) -> Landscape:
 
 
 def test_a_batch_inside_a_one_thread_block_gets_the_outer_count_back():
-    land = _toy_landscape(4)             # 1,681 x 4 elements: small
+    land = _toy_landscape(4)             # N x P = 1,681 x 12 = 20,172 entries: small
     with torch_threads(2):
         with landscape_threads(land) as n:
             assert n == 1 and torch.get_num_threads() == 1
-            with landscape_threads(land, batch=2 * 21) as m:       # 2 paths of 21 images at once
+            with landscape_threads(land, batch=2 * 21) as m:       # 2 paths of 21 images: 847,224 entries
                 assert m == 2 and torch.get_num_threads() == 2
-            with landscape_threads(land, batch=5) as m:            # 5 points of a descent segment: small
+            with landscape_threads(land, batch=5) as m:            # 5 points of a segment: 100,860
                 assert m == 1 and torch.get_num_threads() == 1
             assert torch.get_num_threads() == 1
         assert torch.get_num_threads() == 2
@@ -79,5 +79,19 @@ def test_a_toy_trial_runs_on_one_thread_and_its_strings_on_two(monkeypatch):
                         on_phase=lambda p, k, n: seen["phases"].add(torch.get_num_threads()))
         assert torch.get_num_threads() == 2                 # put back after the trial
     assert rec["threads"] == 1 and seen["phases"] == {1}
-    assert seen["strings"] and set(seen["strings"]) == {2}  # 3 paths x 21 images x 1,681 x 3 > SMALL_ELEMENTS
+    assert seen["strings"] and set(seen["strings"]) == {2}  # 21 images x 1,681 x 9 > SMALL_ELEMENTS already
     assert rec["minimum"]["converged"]
+
+
+def test_a_trial_that_raises_puts_the_count_back():
+    def fail(phase, k, n):
+        raise RuntimeError(f"stop at {phase}")
+
+    with torch_threads(2):
+        with pytest.raises(RuntimeError, match="stop at minimum"):
+            run_trial(TrialConfig(task="toy", widths=(3,), activation="sigmoid", seed=0), on_phase=fail)
+        assert torch.get_num_threads() == 2
+    # no ceiling left over from the failed trial: a leaked ceiling of 2 would hand a large batch two threads
+    with torch_threads(1):
+        with landscape_threads(_toy_landscape(4), batch=2 * 21) as m:
+            assert m == 1
