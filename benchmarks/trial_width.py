@@ -41,8 +41,9 @@ are affordable: commit {BASELINE} (the sequential engine, before issue 12's work
 code before permsym_core.threads, which runs small landscapes on one thread and the batched strings on the
 cores: {PREVIOUS} ran every trial on torch's default threads, both cores). On a baseline's row `ratio` =
 its seconds / this code's seconds at the same width (the speed-up of this code over it) and `agreement`
-compares the two records' counts table (points found, critical, first-order saddles, per layer and order). The three-hidden-layer row is the teacher task with teacher widths [5, 5, 5] learned by a
-[5, 5, 5] student (softplus, every pair, 500 samples). The plot is docs/trial_cost_vs_width.png."""
+compares the two records' counts table (points found, critical, first-order saddles, per layer and order).
+The three-hidden-layer row is the teacher task with teacher widths [5, 5, 5] learned by a [5, 5, 5] student
+(softplus, every pair, 500 samples). The plot is docs/trial_cost_vs_width.png."""
 
 CHILD = r"""
 import json, sys, time
@@ -137,7 +138,7 @@ def run(quick: bool = False) -> list[dict]:
             cfg = config((w,) * depth)
             res = run_one(cfg, ROOT)
             row = dict(benchmark="trial_width", case=f"toy {'x'.join([str(w)] * depth)} sigmoid seed 1",
-                       P=res.get("P"), threads=res.get("threads") or os.cpu_count(), method="permsym (this code)",
+                       P=res.get("P"), threads=res.get("threads", "-"), method="permsym (this code)",
                        depth=depth, width=w,
                        seconds=res.get("seconds"), note=outcome(res), converged=res.get("converged"),
                        stop_reason=res.get("stop_reason"))
@@ -147,7 +148,7 @@ def run(quick: bool = False) -> list[dict]:
                     continue
                 b = run_one(cfg, trees[commit])
                 brow = dict(row, method=f"baseline {commit}", seconds=b.get("seconds"), note=outcome(b),
-                            threads=b.get("threads") or os.cpu_count(),
+                            threads="-" if b.get("error") else b.get("threads") or os.cpu_count(),
                             converged=b.get("converged"), stop_reason=b.get("stop_reason"))
                 if b.get("seconds") and res.get("seconds") and b.get("converged") and res.get("converged"):
                     brow.update(ratio=b["seconds"] / res["seconds"],
@@ -158,8 +159,7 @@ def run(quick: bool = False) -> list[dict]:
         if not quick and DEEP is not None:
             res = run_one(DEEP, ROOT)
             rows.append(dict(benchmark="trial_width", case="teacher [5, 5, 5] softplus, every pair", P=res.get("P"),
-                             threads=res.get("threads") or os.cpu_count(), method="permsym (this code)", depth=3,
-                             width=5,
+                             threads=res.get("threads", "-"), method="permsym (this code)", depth=3, width=5,
                              seconds=res.get("seconds"), note=outcome(res), converged=res.get("converged"),
                              stop_reason=res.get("stop_reason")))
     finally:

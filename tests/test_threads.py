@@ -38,6 +38,23 @@ def test_the_largest_tensor_is_the_hessians_per_sample_jacobian():
             assert wider.n_params == 241 and 1681 * 241 >= SMALL_ELEMENTS and n == 2
 
 
+def test_the_documented_limits_hold_on_the_real_tasks():
+    """README: one-hidden-layer toy trials up to width 51 run on one thread (no biases, P = 3w), and the default
+    MNIST trial (10 principal components of all 5,000 images, widths [8, 6], 10 classes, biases) keeps the
+    cores: N x P = 1,060,000."""
+    toy = make_task("toy", seed=0, activation="sigmoid")
+    mnist = make_task("mnist", seed=0, activation="tanh", pca=10, n_samples=None)
+    with torch_threads(2):
+        for width, expected in ((51, 1), (52, 2)):
+            land = Landscape(MLPSpec((2, width, 1), "sigmoid", toy.default_bias), toy.X, toy.Y, device="cpu")
+            with landscape_threads(land) as n:
+                assert (land.n_params, n) == (3 * width, expected)
+        spec = MLPSpec((mnist.n_in, 8, 6, mnist.n_out), "tanh", mnist.default_bias, mnist.output)
+        land = Landscape(spec, mnist.X, mnist.Y, device="cpu")
+        with landscape_threads(land) as n:
+            assert (land.N, land.n_params, n) == (5000, 212, 2)
+
+
 def test_torch_threads_puts_the_count_back_after_an_exception():
     with torch_threads(2):
         with pytest.raises(RuntimeError):
