@@ -3,6 +3,7 @@ one and two hidden layers, each in a fresh process, against earlier code (the co
 checked out into a temporary git worktree) at the widths where those baselines are affordable.
 Writes docs/trial_cost_vs_width.png. $PERMSYM_BENCH_WIDTHS_ONE / _TWO (comma lists) run fewer widths and
 PERMSYM_BENCH_DEEP=0 leaves out the three-hidden-layer case; the first target line lists the cases run.
+$PERMSYM_BENCH_TRIAL_TIMEOUT_S (default 900) bounds each trial's process (a wide trial can need more).
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ def _widths(env: str, default: tuple[int, ...]) -> tuple[int, ...]:
 ONE = _widths("PERMSYM_BENCH_WIDTHS_ONE", (3, 4, 6, 8, 10, 14, 20))
 TWO = _widths("PERMSYM_BENCH_WIDTHS_TWO", (3, 4, 5, 6, 8))
 BASELINE_WIDTHS = {1: (4, 6), 2: (3,)}
-TIMEOUT_S = 900
+TIMEOUT_S = int(os.environ.get("PERMSYM_BENCH_TRIAL_TIMEOUT_S", "900"))   # per trial process
 NOTES = f"""\
 Each row is one `run_trial` in a fresh Python process started with torch's default threads (both cores;
 `threads` is the count the trial ran on, its record's `threads`: 1 for these small landscapes, whose batched
