@@ -12,8 +12,6 @@ import time
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
-import torch  # noqa: E402
-
 TITLE = "Sweep: overhead of Ray and MLflow, scaling to 2 workers and 2 nodes"
 LOOP = "plain loop of run_trial (1 thread)"
 CEILING = "two plain loops at once, one per core (ceiling)"
@@ -65,15 +63,12 @@ def planned(quick: bool) -> list:
 def plain_loop(trials: list) -> tuple[float, list[dict]]:
     """(wall seconds, records): run_trial for every planned trial, 1 torch thread, in this process."""
     from permsym_core.study import run_trial
+    from permsym_core.threads import torch_threads
 
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         t0 = time.perf_counter()
         records = [run_trial(t.config) for t in trials]
         return time.perf_counter() - t0, records
-    finally:
-        torch.set_num_threads(before)
 
 
 def sweep(name: str | dict, quick: bool, max_concurrent: int, address: str | None = None) -> tuple[float, dict]:

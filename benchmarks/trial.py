@@ -68,7 +68,7 @@ def rows_for(width: int, wall: float, record: dict) -> list[dict]:
     t["other"] = max(0.0, total - sum(t.values()))
     P = (record.get("minimum") or {}).get("n_params")
     base = dict(benchmark="trial", case=f"toy 2-{width}-1 sigmoid seed 0", P=P,
-                threads=record.get("threads") or os.cpu_count())
+                threads=record.get("threads", "-"))
     rows = [dict(base, method=f"phase: {name}", seconds=s, ratio=s / total, baseline=SHARE)
             for name, s in sorted(t.items(), key=lambda kv: -kv[1])]
     rows.append(dict(base, method="run_trial total", seconds=total, agreement=verdict(record)))

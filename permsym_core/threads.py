@@ -60,7 +60,9 @@ def landscape_threads(landscape: "Landscape", batch: int = 1) -> Iterator[int]:
     batch x N x P), out of the count the outermost such block started from (torch's count then: the cores, or
     a sweep's CPUs per trial). run_trial's block is the outermost; the batched strings' block inside it gets
     the cores back. Yields the count."""
-    ceilings = _local.__dict__.setdefault("ceilings", [])
+    if not hasattr(_local, "ceilings"):
+        _local.ceilings = []
+    ceilings = _local.ceilings
     ceiling = ceilings[-1] if ceilings else torch.get_num_threads()
     n = threads_for(batch * landscape.N * landscape.n_params, landscape.n_params, landscape.device, ceiling)
     ceilings.append(ceiling)

@@ -2,7 +2,8 @@
 import os
 
 import pytest
-import torch
+
+from permsym_core.threads import torch_threads
 
 #: Settings that change where sweeps write and query: no test may leave them to the tests after it.
 ROUTING_ENV = ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")
@@ -37,10 +38,8 @@ def results_cache_in_tmp(tmp_path_factory):
 @pytest.fixture(scope="module")
 def one_thread():
     """One torch thread for the module: on a shared 2-core machine two threads made the PCA's SVD 15x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="module")
