@@ -93,7 +93,7 @@ def test_trial_width_targets_read_the_rows_they_name():
     assert "NOT MET: toy width 10 <= 15 s: 20.0 s" in lines
     assert "not measured: width 6 <= 4 s" in lines
     assert "NOT MET: cost from width 4 to 10 grows at most 10x: 20.0x" in lines
-    assert "NOT MET: three-hidden-layer teacher [5, 5, 5], every pair, <= 60 s: 70.0 s" in lines
+    assert "NOT MET: three-hidden-layer teacher [5, 5, 5], every pair, <= 60 s: 70.0 s (plain loss)" in lines
     # a trial whose minimum is not certified builds no points: however fast, it meets no target
     fast_but_empty = [dict(method="permsym (this code)", depth=1, width=4, seconds=0.5, converged=False,
                            stop_reason="channel"),
@@ -103,6 +103,14 @@ def test_trial_width_targets_read_the_rows_they_name():
     assert "NOT MET: toy width 4 <= 1.5 s: the minimum is not certified (channel)" in lines
     assert any(line.startswith("NOT MET: three-hidden-layer") and "not certified (max_iter)" in line for line in lines)
     assert not any(line.startswith("MET") for line in lines)
+    # the deep case twice: the plain loss's uncertified row says why, the penalised certified row is the verdict
+    both = [dict(method="permsym (this code)", depth=3, width=5, seconds=7.7, converged=False, stop_reason="max_iter",
+                 weight_decay=0.0),
+            dict(method="permsym (this code)", depth=3, width=5, seconds=31.0, converged=True, weight_decay=1e-5)]
+    deep = [line for line in trial_width.targets(both) if "MET: three-hidden-layer" in line]
+    assert deep == ["MET: three-hidden-layer teacher [5, 5, 5], every pair, <= 60 s: 31.0 s (weight decay 1e-05; "
+                    "plain loss: the student's minimum is not certified (max_iter), the 7.7 s it took built no "
+                    "points (issue 11))"]
 
 
 def test_batched_targets_need_the_speed_and_every_member_agreeing():
