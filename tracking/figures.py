@@ -21,6 +21,22 @@ def new_figure(width: float, height: float, layout: str | None = "constrained") 
     return fig
 
 
+def fixed_figure(width: float, height: float, *, left: float = 0.85, right: float = 0.2, bottom: float = 0.55,
+                 top: float = 0.35, wspace: float = 0.2) -> Figure:
+    """A per-run figure with fixed margins in inches (room for tick labels, axis labels and a title) and no
+    layout engine: constrained layout was 30-47 % of drawing such a figure (measured on a width-5 toy record),
+    and a sweep draws five of them for every run."""
+    fig = new_figure(width, height, layout=None)
+    fig.subplots_adjust(left=left / width, right=1 - right / width, bottom=bottom / height, top=1 - top / height,
+                        wspace=wspace)
+    return fig
+
+
+def _title(ax, text: str, **kw) -> None:
+    """An axes title at a fixed height: matplotlib otherwise measures every tick label to place it."""
+    ax.set_title(text, y=1.0, **kw)
+
+
 def save_png(fig: Figure, path) -> None:
     fig.savefig(path, format="png", dpi=100)
 
@@ -61,8 +77,8 @@ def spectrum_figure(record: dict, max_panels: int = MAX_SPECTRUM_PANELS) -> Figu
         for s in (tau, -tau):
             ax.axhline(s, color="k", ls="--", lw=0.8)
         ax.axhspan(-tau, tau, color="0.9", zorder=0)
-        ax.set_title(f"{_point_label(p)}\nindex {p.get('index')}, n_zero {p.get('n_zero')}"
-                     f"{' (ambiguous)' if p.get('ambiguous') else ''}", fontsize=8)
+        _title(ax, f"{_point_label(p)}\nindex {p.get('index')}, n_zero {p.get('n_zero')}"
+               f"{' (ambiguous)' if p.get('ambiguous') else ''}", fontsize=8)
         ax.set_xticks(range(1, len(eig) + 1, 2))
         ax.set_xlabel("eigenvalue rank", fontsize=8)
         ax.tick_params(labelsize=7)
@@ -81,7 +97,7 @@ def gamma_line_figure(record: dict, max_lines: int = 6) -> Figure | None:
     if not scans:
         return None
     scans = scans[:max_lines]
-    fig = new_figure(9.5, 3.4)
+    fig = fixed_figure(9.5, 3.4, top=0.4, wspace=0.3)
     ax1, ax2 = fig.subplots(1, 2, sharex=True)
     fa_labelled = False
     n = len(scans)
@@ -112,7 +128,9 @@ def gamma_line_figure(record: dict, max_lines: int = 6) -> Figure | None:
         ax.set_ylabel(name)
         ax.grid(alpha=0.3)
     handles, labels = ax1.get_legend_handles_labels()
-    fig.legend(handles, labels, fontsize=7, loc="outside right upper")
+    legend = fig.legend(handles, labels, fontsize=7, loc="upper right")
+    width = legend.get_window_extent(fig.canvas.get_renderer()).width / fig.dpi      # inches
+    fig.subplots_adjust(right=1 - (width + 0.1) / fig.get_figwidth())               # the legend beside the axes
     fig.suptitle("gamma-line: shaded 0 < gamma < 1, dotted: the permutation point gamma = 1/2", fontsize=9)
     return fig
 
@@ -122,7 +140,7 @@ def path_figure(record: dict) -> Figure | None:
     paths = [p for p in record.get("paths") or [] if p.get("losses")]
     if not paths:
         return None
-    fig = new_figure(6, 3.6)
+    fig = fixed_figure(6, 3.6)
     ax = fig.subplots()
     for p in paths:
         losses = np.asarray(p["losses"], dtype=float)
@@ -144,7 +162,7 @@ def _loss_axes(ax, paths: list[dict], xlabel: str, title: str) -> None:
     ax.set_ylabel("loss")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    ax.set_title(title, fontsize=9)
+    _title(ax, title, fontsize=9)
 
 
 def valley_figure(record: dict, max_lines: int = 6) -> Figure | None:
@@ -154,7 +172,7 @@ def valley_figure(record: dict, max_lines: int = 6) -> Figure | None:
     if not items:
         return None
     groups = {(g.get("layer"), g.get("reduced")): g for g in record.get("valley_groups") or []}
-    fig = new_figure(7.5, 3.8)
+    fig = fixed_figure(7.5, 3.8)
     ax = fig.subplots()
     for v in items[:max_lines]:
         g = groups.get((v.get("layer"), v.get("reduced")), {})
@@ -174,7 +192,7 @@ def valley_figure(record: dict, max_lines: int = 6) -> Figure | None:
     ax.set_ylabel("|L - L(point)| / L(point)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=6)
-    ax.set_title("Equal-loss valley: loss along the segments realising each transposition", fontsize=9)
+    _title(ax, "Equal-loss valley: loss along the segments realising each transposition", fontsize=9)
     return fig
 
 
@@ -184,7 +202,7 @@ def permuted_path_figure(record: dict) -> Figure | None:
     paths = [p for p in record.get("permuted_paths") or [] if p.get("losses")]
     if not paths:
         return None
-    fig = new_figure(7, 3.6)
+    fig = fixed_figure(7, 3.6)
     ax = fig.subplots()
     for p in paths:
         losses = np.asarray(p["losses"], dtype=float)
