@@ -25,7 +25,7 @@ def fixed_figure(width: float, height: float, *, left: float = 0.85, right: floa
                  top: float = 0.35, wspace: float = 0.2) -> Figure:
     """A per-run figure with fixed margins in inches (room for tick labels, axis labels and a title) and no
     layout engine: constrained layout was 30-47 % of drawing such a figure (measured on a width-5 toy record),
-    and a sweep draws five of them for every run."""
+    and a sweep draws four of them for every run."""
     fig = new_figure(width, height, layout=None)
     fig.subplots_adjust(left=left / width, right=1 - right / width, bottom=bottom / height, top=1 - top / height,
                         wspace=wspace)
@@ -33,8 +33,12 @@ def fixed_figure(width: float, height: float, *, left: float = 0.85, right: floa
 
 
 def _title(ax, text: str, **kw) -> None:
-    """An axes title at a fixed height: matplotlib otherwise measures every tick label to place it."""
-    ax.set_title(text, y=1.0, **kw)
+    """An axes title at a fixed height on a log or symlog y axis (matplotlib otherwise measures every tick label to
+    place it); on a linear axis the automatic height, which lifts the title above the axis's offset text."""
+    if ax.get_yscale() == "linear":
+        ax.set_title(text, **kw)
+    else:
+        ax.set_title(text, y=1.0, **kw)
 
 
 def save_png(fig: Figure, path) -> None:
