@@ -219,16 +219,14 @@ def targets(rows: list[dict]) -> list[str]:
     deep = [r for r in rows if r.get("depth") == 3 and r["method"].startswith("permsym")]
     timed_deep = [r for r in deep if r.get("seconds")]
     done = next((r for r in timed_deep if r.get("converged")), None)
-    failed = "; ".join(f"{_loss_name(r)}: the student's minimum is not certified ({r.get('stop_reason')}), the "
-                       f"{r['seconds']:.1f} s it took built no points (issue 11)"
-                       for r in timed_deep if not r.get("converged"))
-    failed = "; ".join([failed] * bool(failed) + [f"{_loss_name(r)}: not measured ({r.get('note')})"
-                                                   for r in deep if not r.get("seconds")])
+    failed = "; ".join(
+        [f"{_loss_name(r)}: the student's minimum is not certified ({r.get('stop_reason')}), the "
+         f"{r['seconds']:.1f} s it took built no points (issue 11)" for r in timed_deep if not r.get("converged")]
+        + [f"{_loss_name(r)}: not measured ({r.get('note')})" for r in deep if not r.get("seconds")])
     name = "three-hidden-layer teacher [5, 5, 5], every pair, <= 60 s"
     if done is not None:
-        penalised = done.get("weight_decay") or 0.0
         scope = (f" on the penalised loss only ({_loss_name(done)}: a penalised trial has no gamma scan, relaxed "
-                 "paths or valleys, and one point per merged network)" if penalised else "")
+                 "paths or valleys, and one point per merged network)" if done.get("weight_decay") else "")
         out.append(f"{'MET' if done['seconds'] <= 60 else 'NOT MET'}{scope}: {name}: {done['seconds']:.1f} s"
                    f"{'; ' + failed if failed else ''}")
     elif timed_deep:
