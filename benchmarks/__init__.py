@@ -11,4 +11,4 @@ import os
 # by orders of magnitude (see research/hessian.md §3). Set before torch is imported.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-MODULES = ["hessian", "counting", "minimise", "batched", "trial", "trial_width", "sweep", "memory", "results"]
+MODULES = ["hessian", "counting", "minimise", "batched", "batched_chunk", "trial", "trial_width", "sweep", "memory", "results"]

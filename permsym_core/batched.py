@@ -5,7 +5,16 @@ by one batched forward pass and one batched backpropagation: the same formulas a
 permsym_core.landscape.Landscape.loss_grad with a leading batch dimension (torch.bmm/baddbmm), so M images
 of a string, or the points of a line, cost a handful of batched kernels instead of M sequential passes.
 The work tensors are (M, N, n_k) per layer; `batched_loss_grad` splits M into chunks that keep each under
-CHUNK_ELEMS entries. A landscape's L2 penalty (Landscape.penalty) is added to every member.
+chunk_elems(device) entries. A landscape's L2 penalty (Landscape.penalty) is added to every member.
+
+On the CPU the chunk is small (CPU_CHUNK_ELEMS, 8 MB per work tensor): glibc's malloc serves a block above
+32 MB by a fresh mmap, so every temporary of a larger chunk is page-faulted in again on each call (measured:
+1.4 M minor faults and 2.4 s of system time per loss-and-gradient call of 3,610 width-20 images in chunks of
+2^24 entries, none in chunks of 2^20), and a small one stays in cache. On this project's 2-core machine
+(BENCHMARKS.md, "Batched chunk size") the loss and gradient of 855 width-10 string images took 1.7-2.7x less
+time, of 3,610 width-20 images 2.1-3.8x less. The size is fixed, not per thread: a member's result depends
+(in its last bits) on the batch it is computed in, and a record must not depend on the machine's cores.
+CUDA keeps CHUNK_ELEMS.
 """
 from __future__ import annotations
 
@@ -14,7 +23,14 @@ from torch import Tensor
 
 from .penalty import penalty_value_grad
 
-CHUNK_ELEMS = 1 << 24          # 16 M float64 (128 MB) per (M, N, width) work tensor
+CHUNK_ELEMS = 1 << 24          # 16 M float64 (128 MB) per (M, N, width) work tensor on CUDA
+CPU_CHUNK_ELEMS = 1 << 20      # 1 M float64 (8 MB) on the CPU: under malloc's mmap ceiling, and in cache
+
+
+def chunk_elems(device: torch.device | str) -> int:
+    """Entries per work tensor of one batched chunk on `device`: CPU_CHUNK_ELEMS on the CPU, CHUNK_ELEMS on
+    CUDA (module docstring)."""
+    return CPU_CHUNK_ELEMS if torch.device(device).type == "cpu" else CHUNK_ELEMS
 
 
 def _views(spec, thetas: Tensor) -> list[tuple[Tensor, Tensor | None]]:
@@ -46,7 +62,7 @@ def _output_error(landscape, out: Tensor) -> Tensor:
 
 def _chunk(landscape, M: int) -> int:
     per = landscape.N * max(landscape.spec.widths) * (landscape.spec.depth + 1)
-    return max(1, min(M, CHUNK_ELEMS // max(per, 1)))
+    return max(1, min(M, chunk_elems(landscape.device) // max(per, 1)))
 
 
 def _loss_grad_chunk(landscape, thetas: Tensor, need_grad: bool) -> tuple[Tensor, Tensor | None]:
@@ -165,13 +181,13 @@ def _hessians_one_hidden(landscape, thetas: Tensor) -> Tensor:
 
 def batched_hessians(landscape, thetas: Tensor) -> Tensor:
     """Exact Hessians (M, P, P) of thetas (M, P): one batched build for one hidden layer (chunked so that
-    the per-sample Jacobian stays under CHUNK_ELEMS entries), Landscape.hessian per member otherwise."""
+    the per-sample Jacobian stays under chunk_elems entries), Landscape.hessian per member otherwise."""
     thetas = landscape.as_theta(thetas)
     M, P = thetas.shape
     if landscape.spec.depth != 2:
         return torch.stack([landscape.hessian(t) for t in thetas]) if M else thetas.new_zeros(0, P, P)
     per = landscape.N * landscape.spec.widths[-1] * P + P * P
-    step = max(1, min(max(M, 1), CHUNK_ELEMS // max(per, 1)))
+    step = max(1, min(max(M, 1), chunk_elems(thetas.device) // max(per, 1)))
     parts = [_hessians_one_hidden(landscape, thetas[a:a + step]) for a in range(0, M, step)]
     H = torch.cat(parts) if parts else thetas.new_zeros(0, P, P)
     if landscape.penalty is not None:

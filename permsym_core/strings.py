@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .batched import CHUNK_ELEMS, batched_hessians, batched_loss, batched_loss_grad
+from .batched import batched_hessians, batched_loss, batched_loss_grad, chunk_elems
 from .hessian import dense_fits
 from .landscape import Landscape
 from .paths import LOCAL_SHIFT, PRECONDITIONERS, SHARED_SHIFT, HalfPath, _lambda_max
@@ -87,7 +87,7 @@ def _preconditioner(landscape: Landscape, start: Tensor, ends: Tensor, mode: str
     elif mode != "scalar" and not dense_fits(P, start.device):
         mode = "scalar"
     if mode == "local":
-        step = max(1, CHUNK_ELEMS // (P * P))
+        step = max(1, chunk_elems(start.device) // (P * P))
         B, m = ends.shape[0], n_images - 2
         V = start.new_zeros(B, m, P, P)
         inv = start.new_zeros(B, m, P)

@@ -60,6 +60,28 @@ def test_batched_loss_grad_is_the_sequential_one(case):
     assert torch.allclose(batched_loss(land, thetas), losses, rtol=1e-14, atol=0)
 
 
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_batched_kernels_in_small_chunks_are_the_per_member_ones(case, monkeypatch):
+    """Chunks of 2 members (the CPU's cache-sized chunks, made small; the last chunk partial; the Hessians' at
+    most 2): every member's loss, gradient and Hessian against Landscape.loss_grad and Landscape.hessian of that member alone."""
+    import permsym_core.batched as batched
+
+    land = CASES[case]()
+    per = land.N * max(land.spec.widths) * (land.spec.depth + 1)
+    monkeypatch.setattr(batched, "chunk_elems", lambda _device: 2 * per)     # Hessians: 2 or fewer per chunk
+    assert batched._chunk(land, 7) == 2
+    thetas = torch.stack([land.spec.init(s) for s in range(7)])
+    losses, grads = batched_loss_grad(land, thetas)
+    H = batched_hessians(land, thetas)
+    assert torch.equal(batched_loss(land, thetas), losses)
+    for t, loss, g, Hb in zip(thetas, losses, grads, H):
+        ref_loss, ref_g = land.loss_grad(t)
+        ref_H = land.hessian(t)
+        assert float(loss) == pytest.approx(ref_loss, rel=1e-13)
+        assert float((g - ref_g).abs().max()) <= 1e-13 * max(1.0, float(ref_g.abs().max()))
+        assert float((Hb - ref_H).abs().max()) <= 1e-13 * float(ref_H.abs().max())
+
+
 def _ends(land, n):
     start = land.spec.init(11)
     ends = torch.stack([start + 0.7 * (land.spec.init(20 + b) - start) for b in range(n)])

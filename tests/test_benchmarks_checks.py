@@ -9,9 +9,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `benchmarks` is not an installed package
 
 from benchmarks import MODULES  # noqa: E402
-from benchmarks import batched, counting, memory, minimise, sweep, trial, trial_width  # noqa: E402
+from benchmarks import batched, batched_chunk, counting, memory, minimise, sweep, trial, trial_width  # noqa: E402
 
-OURS = ("counting", "minimise", "batched", "trial", "trial_width", "sweep", "memory")
+OURS = ("counting", "minimise", "batched", "batched_chunk", "trial", "trial_width", "sweep", "memory")
 
 
 def test_modules_registered_with_the_interface():
@@ -131,3 +131,19 @@ def test_batched_targets_need_the_speed_and_every_member_agreeing():
     assert fast[1].startswith("not measured: batched point analysis")
     wrong = batched.targets([row(2, 5.0, 6.0, False)] + loops)
     assert wrong[0].startswith("NOT MET") and "not every member agreed" in wrong[0]
+
+
+def test_batched_chunk_images_lie_between_equal_loss_permutations_and_both_chunkings_agree():
+    """The case's images run from theta* to theta* with two neurons swapped (the same function, so the same
+    loss: a theorem); the benchmark's two chunkings give the same gradients."""
+    land, images = batched_chunk._images((3,))
+    assert images.shape == (3 * 19, land.n_params)
+    star = 2 * images[0] - images[1]                     # the line's t = 0 end, from its images at t = 1/20, 2/20
+    assert float((star - (2 * images[19] - images[20])).abs().max()) <= 1e-10       # one start for all lines
+    end = 2 * images[18] - images[17]                    # t = 1 (images at 19/20, 18/20): theta* swapped
+    assert abs(land.loss(end) - land.loss(star)) <= 1e-12 * land.loss(star)
+    assert float((end - star).abs().max()) > 1e-3        # a different point of parameter space
+    rows = batched_chunk.run(quick=True)
+    assert all(r["diff"] <= 1e-12 for r in rows if "ratio" in r)
+    assert batched_chunk.targets(rows)[0].endswith(f"{max(r['diff'] for r in rows if 'ratio' in r):.1e}")
+
