@@ -9,12 +9,12 @@ chunk_elems(device) entries. A landscape's L2 penalty (Landscape.penalty) is add
 
 On the CPU the chunk is small (CPU_CHUNK_ELEMS, 8 MB per work tensor): glibc's malloc serves a block above
 32 MB by a fresh mmap, so every temporary of a larger chunk is page-faulted in again on each call (measured:
-1.4 M minor faults and 2.4 s of system time per loss-and-gradient call of 3,610 width-20 images in chunks of
-2^24 entries, none in chunks of 2^20), and a small one stays in cache. On this project's 2-core machine
-(BENCHMARKS.md, "Batched chunk size") the loss and gradient of 855 width-10 string images took 1.7-2.7x less
-time, of 3,610 width-20 images 2.1-3.8x less. The size is fixed, not per thread: a member's result depends
-(in its last bits) on the batch it is computed in, and a record must not depend on the machine's cores.
-CUDA keeps CHUNK_ELEMS.
+83,000 to 1.4 M minor faults per loss-and-gradient call of 855 width-10 or 3,610 width-20 string images in
+chunks of 2^24 entries, none in chunks of 2^20), and a small one stays in cache. On this project's 2-core
+machine (BENCHMARKS.md, "Batched chunk size", two runs) that call took 1.3-2.6x less time at width 10 and
+1.5-4.0x less at width 20, on one thread or two; forward passes alone on two threads lose 0.73-0.87x. The size
+is fixed, not per thread: a member's result depends (in its last bits) on the batch it is computed in, and a
+record must not depend on the machine's cores. CUDA keeps CHUNK_ELEMS.
 """
 from __future__ import annotations
 
