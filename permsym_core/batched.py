@@ -4,17 +4,18 @@
 by one batched forward pass and one batched backpropagation: the same formulas as
 permsym_core.landscape.Landscape.loss_grad with a leading batch dimension (torch.bmm/baddbmm), so M images
 of a string, or the points of a line, cost a handful of batched kernels instead of M sequential passes.
-The work tensors are (M, N, n_k) per layer; `batched_loss_grad` splits M into chunks that keep each under
-chunk_elems(device) entries. A landscape's L2 penalty (Landscape.penalty) is added to every member.
+The work tensors are (M, N, n_k) per layer; `batched_loss_grad` splits M into chunks whose depth + 1 work
+tensors hold at most chunk_elems(device) entries together. A landscape's L2 penalty (Landscape.penalty) is
+added to every member.
 
-On the CPU the chunk is small (CPU_CHUNK_ELEMS, 8 MB per work tensor): glibc's malloc serves a block above
-32 MB by a fresh mmap, so every temporary of a larger chunk is page-faulted in again on each call (measured:
-83,000 to 1.4 M minor faults per loss-and-gradient call of 855 width-10 or 3,610 width-20 string images in
-chunks of 2^24 entries, none in chunks of 2^20), and a small one stays in cache. On this project's 2-core
-machine (BENCHMARKS.md, "Batched chunk size", two runs) that call took 1.3-2.6x less time at width 10 and
-1.5-4.0x less at width 20, on one thread or two; forward passes alone on two threads lose 0.73-0.87x. The size
-is fixed, not per thread: a member's result depends (in its last bits) on the batch it is computed in, and a
-record must not depend on the machine's cores. CUDA keeps CHUNK_ELEMS.
+On the CPU a chunk is small (CPU_CHUNK_ELEMS = 2^20 entries, shared by its depth + 1 work tensors): glibc's
+malloc serves a block above 32 MB by a fresh mmap, so every temporary of a larger chunk is page-faulted in again
+on each call. Measured (BENCHMARKS.md, "Batched chunk size"): tens of thousands to over a million minor faults
+per loss-and-gradient call of the width-10 and width-20 string image sets in chunks of 2^24 entries, none in
+chunks of 2^20, and that call 1.3-4.8x faster; the small sets of widths 4 and 3x3 0.73-1.5x.
+The size is fixed, not per thread: a member's result depends (in its last
+bits) on the batch it is computed in, and a record must not depend on the machine's cores. CUDA keeps
+CHUNK_ELEMS.
 """
 from __future__ import annotations
 
@@ -23,13 +24,13 @@ from torch import Tensor
 
 from .penalty import penalty_value_grad
 
-CHUNK_ELEMS = 1 << 24          # 16 M float64 (128 MB) per (M, N, width) work tensor on CUDA
-CPU_CHUNK_ELEMS = 1 << 20      # 1 M float64 (8 MB) on the CPU: under malloc's mmap ceiling, and in cache
+CHUNK_ELEMS = 1 << 24          # 16 M float64 (128 MB) per chunk, its work tensors together, on CUDA
+CPU_CHUNK_ELEMS = 1 << 20      # 1 M float64 (8 MB) per chunk on the CPU: under malloc's mmap ceiling
 
 
 def chunk_elems(device: torch.device | str) -> int:
-    """Entries per work tensor of one batched chunk on `device`: CPU_CHUNK_ELEMS on the CPU, CHUNK_ELEMS on
-    CUDA (module docstring)."""
+    """Entries of one batched chunk (its work tensors together) on `device`: CPU_CHUNK_ELEMS on the CPU,
+    CHUNK_ELEMS on CUDA (module docstring)."""
     return CPU_CHUNK_ELEMS if torch.device(device).type == "cpu" else CHUNK_ELEMS
 
 

@@ -60,26 +60,53 @@ def test_batched_loss_grad_is_the_sequential_one(case):
     assert torch.allclose(batched_loss(land, thetas), losses, rtol=1e-14, atol=0)
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
+def _penalised_toy() -> Landscape:
+    task = make_task("toy", seed=1, activation="sigmoid", student_widths=(4,))
+    spec = MLPSpec((task.n_in, 4, task.n_out), "sigmoid", task.default_bias, task.output)
+    return Landscape(spec, task.X, task.Y, device="cpu", weight_decay=1e-3)
+
+
+@pytest.mark.parametrize("case", sorted(HESSIAN_CASES) + ["toy_penalised"])
 def test_batched_kernels_in_small_chunks_are_the_per_member_ones(case, monkeypatch):
-    """Chunks of 2 members (the CPU's cache-sized chunks, made small; the last chunk partial; the Hessians' at
-    most 2): every member's loss, gradient and Hessian against Landscape.loss_grad and Landscape.hessian of that member alone."""
+    """Chunks of 2 members (the CPU's chunks made small; 7 members, so the last chunk is partial): every member's
+    loss, gradient and Hessian against Landscape.loss_grad and Landscape.hessian of that member alone."""
     import permsym_core.batched as batched
 
-    land = CASES[case]()
-    per = land.N * max(land.spec.widths) * (land.spec.depth + 1)
-    monkeypatch.setattr(batched, "chunk_elems", lambda _device: 2 * per)     # Hessians: 2 or fewer per chunk
-    assert batched._chunk(land, 7) == 2
+    land = _penalised_toy() if case == "toy_penalised" else HESSIAN_CASES[case]()
+    P = land.n_params
     thetas = torch.stack([land.spec.init(s) for s in range(7)])
+    per_lg = land.N * max(land.spec.widths) * (land.spec.depth + 1)    # a member's loss-and-gradient work tensors
+    per_h = land.N * land.spec.widths[-1] * P + P * P                   # its one-hidden-layer Hessian build
+    monkeypatch.setattr(batched, "chunk_elems", lambda _device: 2 * per_lg)
+    assert batched._chunk(land, 7) == 2
     losses, grads = batched_loss_grad(land, thetas)
-    H = batched_hessians(land, thetas)
     assert torch.equal(batched_loss(land, thetas), losses)
+    monkeypatch.setattr(batched, "chunk_elems", lambda _device: 2 * per_h)
+    H = batched_hessians(land, thetas)
+    assert losses.shape == (7,) and grads.shape == (7, P) and H.shape == (7, P, P)
     for t, loss, g, Hb in zip(thetas, losses, grads, H):
         ref_loss, ref_g = land.loss_grad(t)
         ref_H = land.hessian(t)
         assert float(loss) == pytest.approx(ref_loss, rel=1e-13)
         assert float((g - ref_g).abs().max()) <= 1e-13 * max(1.0, float(ref_g.abs().max()))
         assert float((Hb - ref_H).abs().max()) <= 1e-13 * float(ref_H.abs().max())
+
+
+def test_chunk_size_is_small_on_the_cpu_and_unchanged_on_cuda():
+    """Whatever the threads, the CPU's chunk is 2^20 entries (a record must not depend on the cores), below the
+    32 MB at which glibc's malloc maps every block afresh; CUDA keeps 2^24 (no GPU needed to ask)."""
+    import permsym_core.batched as batched
+
+    before = torch.get_num_threads()
+    try:
+        sizes = set()
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            sizes.add(batched.chunk_elems("cpu"))
+    finally:
+        torch.set_num_threads(before)
+    assert sizes == {2 ** 20}
+    assert batched.chunk_elems(torch.device("cuda", 0)) == 2 ** 24
 
 
 def _ends(land, n):

@@ -133,9 +133,12 @@ def test_batched_targets_need_the_speed_and_every_member_agreeing():
     assert wrong[0].startswith("NOT MET") and "not every member agreed" in wrong[0]
 
 
-def test_batched_chunk_images_lie_between_equal_loss_permutations_and_both_chunkings_agree():
+def test_batched_chunk_images_lie_between_equal_loss_permutations_and_both_chunkings_agree(monkeypatch):
     """The case's images run from theta* to theta* with two neurons swapped (the same function, so the same
-    loss: a theorem); the benchmark's two chunkings give the same gradients."""
+    loss: a theorem); the quick case is cut into more than one chunk by this code and into one by the baseline's
+    size, and the two chunkings give the same gradients and Hessians."""
+    from permsym_core import batched as kernels
+
     land, images = batched_chunk._images((3,))
     assert images.shape == (3 * 19, land.n_params)
     star = 2 * images[0] - images[1]                     # the line's t = 0 end, from its images at t = 1/20, 2/20
@@ -143,7 +146,11 @@ def test_batched_chunk_images_lie_between_equal_loss_permutations_and_both_chunk
     end = 2 * images[18] - images[17]                    # t = 1 (images at 19/20, 18/20): theta* swapped
     assert abs(land.loss(end) - land.loss(star)) <= 1e-12 * land.loss(star)
     assert float((end - star).abs().max()) > 1e-3        # a different point of parameter space
+    land4, images4 = batched_chunk._images((4,))         # the quick run's case
+    M = images4.shape[0]
+    assert kernels._chunk(land4, M) < M
+    monkeypatch.setattr(kernels, "chunk_elems", lambda _device: batched_chunk.BASELINE_ELEMS)
+    assert kernels._chunk(land4, M) == M
+    monkeypatch.undo()
     rows = batched_chunk.run(quick=True)
-    assert all(r["diff"] <= 1e-12 for r in rows if "ratio" in r)
-    assert batched_chunk.targets(rows)[0].endswith(f"{max(r['diff'] for r in rows if 'ratio' in r):.1e}")
-
+    assert {r["threads"] for r in rows} == {1, 2} and all(r["diff"] <= 1e-12 for r in rows if "ratio" in r)
