@@ -1,6 +1,7 @@
-"""Batched chunk size (permsym_core.batched.chunk_elems): the loss and gradient, the loss and the Hessians of a
-trial's string images in chunks of 2^20 entries on the CPU (CPU_CHUNK_ELEMS, this code) against the one chunk
-size of e9f2e3a (2^24 entries on every device), in the same run, with agreement.
+"""Chunk sizes on the CPU: the batched kernels (permsym_core.batched.chunk_elems) on a trial's string images in
+chunks of 2^20 entries (this code) against the one chunk size of e9f2e3a (2^24 entries on every device), and the
+dense Hessian's sample chunks (permsym_core.hessian: 2^21 entries, or 1,024 GEMM rows) against 931eb5d's 2^25,
+in the same run, with agreement.
 """
 from __future__ import annotations
 
@@ -11,13 +12,16 @@ from typing import NamedTuple
 
 import torch
 
-from permsym_core import batched, surgery
+from permsym_core import batched, hessian, surgery
 from permsym_core.config import TrialConfig
 from permsym_core.landscape import Landscape
+from permsym_core.mlp import MLPSpec
 from permsym_core.study import _Trial
+from permsym_core.tasks import make_task
 
-TITLE = "Batched chunk size: 2^20-entry CPU chunks against one size for every device"
+TITLE = "Chunk sizes on the CPU: the batched kernels and the dense Hessian's sample chunks"
 BASELINE_ELEMS = 1 << 24       # e9f2e3a's CHUNK_ELEMS, on every device
+HESSIAN_BASELINE_ELEMS = 1 << 25   # 931eb5d's sample chunk of the dense Hessian, on every device
 N_HESSIANS = 100               # the Hessians timed: of the first N_HESSIANS vectors
 NOTES = f"""\
 Cases: the toy task (1,681 inputs), sigmoid student of widths W, seed 1, trained to its certified minimum
@@ -33,7 +37,12 @@ in alternating order: `batched_loss_grad` of all vectors; the note gives `batche
 member at a time whatever the chunk: that ratio is the run's noise), and the minor page faults and system time
 of one more loss-and-gradient call (getrusage: glibc's malloc serves a block above 32 MB by a fresh mmap,
 which every call faults in again). `agreement` is the largest difference between the two chunkings'
-gradients and Hessians (the members are independent, so only the kernels' rounding may differ)."""
+gradients and Hessians (the members are independent, so only the kernels' rounding may differ).
+The `structured_hessian` rows build one dense Hessian (permsym_core.hessian) at the landscape's initial point
+with its CPU sample chunks (2^21 entries per chunk, at least 1,024 GEMM rows) against one chunk of up to 2^25
+entries (931eb5d), on the MNIST landscape of sweeps/mnist.yaml (5,000 images, 10 principal components, [8, 6]
+tanh, softmax: P = 212), a wider MNIST one (50 components, [30] sigmoid: P = 1,840) and the toy width-20 one;
+same best-of-three means, the two alternated; `agreement` is the largest relative difference of the Hessians."""
 
 
 class Timing(NamedTuple):
@@ -126,12 +135,62 @@ def run(quick: bool = False) -> list[dict]:
                          dict(base, method="2^24 entries (e9f2e3a)", seconds=old.loss_grad_ms / 1e3,
                               note=f"loss {old.loss_ms:.1f} ms, Hessians {old.hessians_ms:.1f} ms; "
                                    f"{_fault_text(old)}")]
+        torch.set_num_threads(before)
+        rows += _hessian_rows(quick)
     finally:
         torch.set_num_threads(before)
     return rows
 
 
+def _hessian_rows(quick: bool) -> list[dict]:
+    plan = [("toy", (20,), "sigmoid", {})] if quick else [
+        ("mnist", (8, 6), "tanh", dict(pca=10, n_samples=None, target="class")),
+        ("mnist", (30,), "sigmoid", dict(pca=50, n_samples=None, target="class")),
+        ("toy", (20,), "sigmoid", {})]
+    rows = []
+    for name, widths, act, opts in plan:
+        task = make_task(name, seed=0, activation=act, student_widths=list(widths), **opts)
+        spec = MLPSpec((task.n_in, *widths, task.n_out), act, task.default_bias, task.output)
+        land = Landscape(spec, task.X, task.Y)
+        theta = spec.init(0)
+        saved = hessian.CPU_CHUNK_ELEMS
+
+        def build(elems):
+            hessian.CPU_CHUNK_ELEMS = elems
+            try:
+                return _mean_ms(lambda: hessian.structured_hessian(land, theta), 0.3 if quick else 1.5)
+            finally:
+                hessian.CPU_CHUNK_ELEMS = saved
+
+        build(saved), build(HESSIAN_BASELINE_ELEMS)                                        # warm-ups
+        new, old = build(saved), build(HESSIAN_BASELINE_ELEMS)
+        H_new = hessian.structured_hessian(land, theta)
+        hessian.CPU_CHUNK_ELEMS = HESSIAN_BASELINE_ELEMS
+        try:
+            H_old = hessian.structured_hessian(land, theta)
+        finally:
+            hessian.CPU_CHUNK_ELEMS = saved
+        diff = float((H_new - H_old).abs().max() / H_old.abs().max())
+        case = f"{name} {list(widths)} {act}, N = {land.N}: one dense Hessian"
+        base = dict(benchmark="batched_chunk", case=case, P=spec.n_params, threads=torch.get_num_threads(),
+                    part="hessian")
+        rows += [dict(base, method="structured_hessian, CPU sample chunks", seconds=new / 1e3, ratio=old / new,
+                      baseline="structured_hessian, 2^25-entry chunks (931eb5d)", agreement=f"rel diff {diff:.1e}",
+                      diff=diff),
+                 dict(base, method="structured_hessian, 2^25-entry chunks (931eb5d)", seconds=old / 1e3)]
+    return rows
+
+
 def targets(rows: list[dict]) -> list[str]:
+    hess = [r for r in rows if r.get("part") == "hessian" and "ratio" in r]
+    out = ["no target of its own: one dense Hessian with CPU sample chunks runs at "
+           + ", ".join(f"{r['ratio']:.2f}x ({r['case'].split(':')[0]})" for r in hess)
+           + f" the speed of one 2^25-entry chunk; relative agreement within {max(r['diff'] for r in hess):.1e}"
+           ] if hess else ["not measured: the dense Hessian's sample chunks"]
+    return _batched_targets([r for r in rows if r.get("part") != "hessian"]) + out
+
+
+def _batched_targets(rows: list[dict]) -> list[str]:
     ours = [r for r in rows if "ratio" in r]
     if not ours:
         return ["not measured: the batched chunk size"]

@@ -8,14 +8,13 @@ The work tensors are (M, N, n_k) per layer; `batched_loss_grad` splits M into ch
 tensors hold at most chunk_elems(device) entries together. A landscape's L2 penalty (Landscape.penalty) is
 added to every member.
 
-On the CPU a chunk is small (CPU_CHUNK_ELEMS = 2^20 entries, shared by its depth + 1 work tensors): glibc's
-malloc serves a block above 32 MB by a fresh mmap, so every temporary of a larger chunk is page-faulted in again
-on each call. Measured (BENCHMARKS.md, "Batched chunk size"): tens of thousands to over a million minor faults
-per loss-and-gradient call of the width-10 and width-20 string image sets in chunks of 2^24 entries, none in
-chunks of 2^20, and that call 1.3-4.8x faster; the small sets of widths 4 and 3x3 0.73-1.5x.
-The size is fixed, not per thread: a member's result depends (in its last
-bits) on the batch it is computed in, and a record must not depend on the machine's cores. CUDA keeps
-CHUNK_ELEMS.
+On the CPU a chunk is small (CPU_CHUNK_ELEMS = 2^20 entries, shared by its depth + 1 work tensors): glibc's malloc
+serves a block above 32 MB by a fresh mmap, so every temporary of a larger chunk is page-faulted in again on each
+call. Measured (BENCHMARKS.md, "Chunk sizes on the CPU"): tens of thousands to over a million minor faults per
+loss-and-gradient call of the width-10 and width-20 string image sets in chunks of 2^24 entries, none in chunks of
+2^20, and that call 1.15-4.8x faster; the small sets of widths 4 and 3x3 0.62-1.5x. The size is fixed, not per
+thread: a member's result depends (in its last bits) on the batch it is computed in, and a record must not depend
+on the machine's cores. CUDA keeps CHUNK_ELEMS.
 """
 from __future__ import annotations
 

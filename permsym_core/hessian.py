@@ -24,11 +24,14 @@ from torch import Tensor
 
 from .mlp import DTYPE
 
-CHUNK_ELEMS = 1 << 25  # 32 M float64 (256 MB) per sample-chunked work tensor
+CHUNK_ELEMS = 1 << 25      # 32 M float64 (256 MB): the most a sample-chunked work tensor holds (CUDA's chunk)
+CPU_CHUNK_ELEMS = 1 << 21  # 2 M float64 (16 MB) on the CPU: under glibc malloc's 32 MB mmap ceiling
+MIN_CHUNK_ROWS = 1024      # but at least this many GEMM rows per CPU chunk (a large P is GEMM-bound)
 
 
 def dense_hessian_bytes(P: int) -> int:
-    """Bytes for one dense float64 P x P Hessian plus the build's chunked workspace."""
+    """Bytes for one dense float64 P x P Hessian plus the build's chunked workspace (CHUNK_ELEMS: an upper
+    bound on the CPU, whose chunks are smaller)."""
     return 8 * int(P) ** 2 + 2 * 8 * CHUNK_ELEMS
 
 
@@ -101,9 +104,18 @@ def _output_factor(landscape, out: Tensor) -> Tensor:
     return (2.0 / N) ** 0.5 * torch.eye(o, dtype=DTYPE, device=out.device).expand(N, o, o)
 
 
-def _sample_chunks(N: int, per_sample: int):
-    """Slices over samples so that a chunk's work tensor holds at most CHUNK_ELEMS entries."""
-    step = max(1, CHUNK_ELEMS // max(per_sample, 1))
+def _sample_chunks(N: int, per_sample: int, device: torch.device, rows_per_sample: int = 1):
+    """Slices over samples: on the CPU chunks of CPU_CHUNK_ELEMS entries, or of MIN_CHUNK_ROWS GEMM rows
+    (rows_per_sample per sample) where those are more, and never past CHUNK_ELEMS; on CUDA CHUNK_ELEMS.
+    A tensor past 32 MB is a fresh mmap on every call (permsym_core.batched): on the MNIST landscape of
+    sweeps/mnist.yaml (N = 5,000, P = 212) one Hessian took 21,800 page faults at CHUNK_ELEMS and none in
+    CPU chunks, and builds 1.28x faster in them (BENCHMARKS.md, "Chunk sizes on the CPU")."""
+    per_sample = max(per_sample, 1)
+    if torch.device(device).type == "cpu":
+        elems = max(CPU_CHUNK_ELEMS, -(-MIN_CHUNK_ROWS // rows_per_sample) * per_sample)
+        step = max(1, min(elems, CHUNK_ELEMS) // per_sample)
+    else:
+        step = max(1, CHUNK_ELEMS // per_sample)
     for a in range(0, N, step):
         yield slice(a, min(N, a + step))
 
@@ -122,7 +134,7 @@ def _add_gauss_newton(H, landscape, Ws, cache, dsig, first: bool = False) -> Non
         Js[k - 1] = (Js[k] @ Ws[k]) * dsig[k - 1][:, None, :]
     N, o = cache.out.shape
     P = spec.n_params
-    for sl in _sample_chunks(N, o * P):
+    for sl in _sample_chunks(N, o * P, H.device, rows_per_sample=o):
         A = torch.empty(sl.stop - sl.start, o, P, dtype=DTYPE, device=H.device)
         for k in range(1, d + 1):
             J, h = Js[k - 1][sl], cache.hs[k - 1][sl]
@@ -229,7 +241,7 @@ def _pair_gemm(u: Tensor, v: Tensor, w: Tensor) -> Tensor:
     so every contraction of three per-sample factors is one GEMM over samples."""
     N = u.shape[0]
     out = torch.zeros(u.shape[1] * v.shape[1], w.shape[1], dtype=DTYPE, device=u.device)
-    for sl in _sample_chunks(N, u.shape[1] * v.shape[1]):
+    for sl in _sample_chunks(N, u.shape[1] * v.shape[1], u.device):
         uv = (u[sl][:, :, None] * v[sl][:, None, :]).reshape(sl.stop - sl.start, -1)
         out.addmm_(uv.T, w[sl])
     return out

@@ -92,6 +92,37 @@ def test_landscape_hessian_is_structured_and_chunking_is_exact(monkeypatch):
     assert rel_diff(H_full, autodiff_hessian(L, theta)) <= ORACLE_TOL
 
 
+def test_cpu_sample_chunks_cover_the_samples_under_the_mmap_ceiling_or_with_enough_gemm_rows():
+    """Every sample in exactly one chunk, in order; a CPU chunk stays under CPU_CHUNK_ELEMS entries (below the
+    32 MB at which every block is a fresh mmap) unless that would give its GEMM fewer than MIN_CHUNK_ROWS rows
+    (a large P, GEMM-bound), and never past CHUNK_ELEMS; CUDA's chunks are CHUNK_ELEMS."""
+    cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
+    cases = {  # (N, entries per sample, GEMM rows per sample): the expected samples per CPU chunk
+        (5000, 10 * 212, 10): 989,           # MNIST [8, 6]: 16 MB chunks, 9,890 rows each
+        (5000, 10 * 1840, 10): 113,          # P = 1,840: still 1,130 rows
+        (1681, 20000, 1): 1024,              # P = 20,000 on the toy data: 1,024 rows, 164 MB
+        (100, 1 << 26, 1): 1,                # past CHUNK_ELEMS: one sample at a time
+        (23, 50, 1): 23,                     # small: one chunk
+    }
+    for (N, per, rows), expected in cases.items():
+        chunks = list(hessian_mod._sample_chunks(N, per, cpu, rows))
+        assert [i for sl in chunks for i in range(sl.start, sl.stop)] == list(range(N))
+        assert chunks[0].stop - chunks[0].start == expected
+        big = list(hessian_mod._sample_chunks(N, per, cuda, rows))
+        assert big[0].stop - big[0].start == min(N, max(1, hessian_mod.CHUNK_ELEMS // per))
+
+
+def test_cpu_sample_chunks_give_the_one_chunk_hessian(monkeypatch):
+    """A softmax landscape that the CPU rule cuts into several chunks (N o P = 5,000 x 10 x 55 entries, 2.75 M)
+    has the Hessian of one chunk."""
+    L, theta = make_landscape("tanh", (4, 3, 10), (True, True), "classification", n=5000)
+    assert len(list(hessian_mod._sample_chunks(L.N, 10 * L.n_params, torch.device("cpu"), 10))) == 2
+    H = structured_hessian(L, theta)
+    monkeypatch.setattr(hessian_mod, "CPU_CHUNK_ELEMS", hessian_mod.CHUNK_ELEMS)
+    assert len(list(hessian_mod._sample_chunks(L.N, 10 * L.n_params, torch.device("cpu"), 10))) == 1
+    assert rel_diff(structured_hessian(L, theta), H) <= 1e-13
+
+
 def test_gauss_newton_overwrites_what_was_in_memory(monkeypatch):
     """The build starts from torch.empty: the first Gauss-Newton GEMM must overwrite (beta = 0), never add to
     or propagate whatever the memory held, NaN included, also when the samples come in several chunks."""
