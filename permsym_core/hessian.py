@@ -109,7 +109,8 @@ def _sample_chunks(N: int, per_sample: int, device: torch.device, rows_per_sampl
     (rows_per_sample per sample) where those are more, and never past CHUNK_ELEMS; on CUDA CHUNK_ELEMS.
     A tensor past 32 MB is a fresh mmap on every call (permsym_core.batched): on the MNIST landscape of
     sweeps/mnist.yaml (N = 5,000, P = 212) one Hessian took 21,800 page faults at CHUNK_ELEMS and none in
-    CPU chunks, and builds 1.28x faster in them (BENCHMARKS.md, "Chunk sizes on the CPU")."""
+    CPU chunks (measured outside the harness), and built 1.15-1.28x faster in them in two runs (BENCHMARKS.md,
+    "Chunk sizes on the CPU"; the run-to-run noise is about as large)."""
     per_sample = max(per_sample, 1)
     if torch.device(device).type == "cpu":
         elems = max(CPU_CHUNK_ELEMS, -(-MIN_CHUNK_ROWS // rows_per_sample) * per_sample)

@@ -100,6 +100,7 @@ def test_cpu_sample_chunks_cover_the_samples_under_the_mmap_ceiling_or_with_enou
     cases = {  # (N, entries per sample, GEMM rows per sample): the expected samples per CPU chunk
         (5000, 10 * 212, 10): 989,           # MNIST [8, 6]: 16 MB chunks, 9,890 rows each
         (5000, 10 * 1840, 10): 113,          # P = 1,840: still 1,130 rows
+        (5000, 10 * 5000, 10): 103,          # P = 5,000: the row floor, 1,030 rows (a floor division: 1,020)
         (1681, 20000, 1): 1024,              # P = 20,000 on the toy data: 1,024 rows, 164 MB
         (100, 1 << 26, 1): 1,                # past CHUNK_ELEMS: one sample at a time
         (23, 50, 1): 23,                     # small: one chunk
@@ -117,7 +118,16 @@ def test_cpu_sample_chunks_give_the_one_chunk_hessian(monkeypatch):
     has the Hessian of one chunk."""
     L, theta = make_landscape("tanh", (4, 3, 10), (True, True), "classification", n=5000)
     assert len(list(hessian_mod._sample_chunks(L.N, 10 * L.n_params, torch.device("cpu"), 10))) == 2
+    calls, chunks = [], hessian_mod._sample_chunks
+
+    def spy(N, per_sample, device, rows_per_sample=1):
+        calls.append((N, per_sample, torch.device(device).type, rows_per_sample))
+        return chunks(N, per_sample, device, rows_per_sample)
+
+    monkeypatch.setattr(hessian_mod, "_sample_chunks", spy)
     H = structured_hessian(L, theta)
+    assert (5000, 10 * L.n_params, "cpu", 10) in calls          # the Gauss-Newton build: o rows per sample
+    monkeypatch.setattr(hessian_mod, "_sample_chunks", chunks)
     monkeypatch.setattr(hessian_mod, "CPU_CHUNK_ELEMS", hessian_mod.CHUNK_ELEMS)
     assert len(list(hessian_mod._sample_chunks(L.N, 10 * L.n_params, torch.device("cpu"), 10))) == 1
     assert rel_diff(structured_hessian(L, theta), H) <= 1e-13
